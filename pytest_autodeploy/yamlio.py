@@ -1,0 +1,210 @@
+"""Safe YAML loading that keeps line numbers and rejects duplicate keys.
+
+PyYAML keeps the last of two equal keys without a word, and its constructed
+objects forget where they came from. This module composes the node tree with
+the safe loader (the C one when PyYAML was built with libyaml), then builds
+plain Python data from it while checking keys and recording the line of every
+mapping key and sequence item.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Tuple, Union
+
+import yaml
+
+from .diagnostics import Diagnostic
+
+SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+KeyPath = Tuple[Union[str, int], ...]
+
+_MAP_TAG = "tag:yaml.org,2002:map"
+_SEQ_TAG = "tag:yaml.org,2002:seq"
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+@dataclass
+class YamlDocument:
+    """Data read from one YAML file, with the 1-based line of every key path."""
+
+    path: Path
+    data: Any
+    lines: Dict[KeyPath, int] = field(default_factory=dict)
+
+    def line_of(self, key_path: KeyPath) -> int | None:
+        """Return the line of ``key_path``, or of its nearest recorded parent."""
+        while key_path:
+            if key_path in self.lines:
+                return self.lines[key_path]
+            key_path = key_path[:-1]
+        return self.lines.get((), None)
+
+
+class YamlLoadError(Exception):
+    """Raised with every problem found in one YAML file."""
+
+    def __init__(self, diagnostics: list[Diagnostic]) -> None:
+        self.diagnostics = diagnostics
+        super().__init__("\n".join(diagnostic.format() for diagnostic in diagnostics))
+
+
+def _mark_line(mark: Any) -> int | None:
+    return None if mark is None else mark.line + 1
+
+
+def _mark_column(mark: Any) -> int | None:
+    return None if mark is None else mark.column + 1
+
+
+class _Builder:
+    """Turns a composed node tree into Python data, collecting problems on the way."""
+
+    def __init__(self, path: Path, loader: Any) -> None:
+        self.path = path
+        self.loader = loader
+        self.lines: dict[KeyPath, int] = {}
+        self.problems: list[Diagnostic] = []
+        # Aliases point at nodes already seen. A recursive alias would loop forever.
+        self._active: set[int] = set()
+
+    def problem(self, message: str, node: Any) -> None:
+        self.problems.append(
+            Diagnostic(
+                message,
+                path=self.path,
+                line=_mark_line(node.start_mark),
+                column=_mark_column(node.start_mark),
+            )
+        )
+
+    def build(self, node: Any, key_path: KeyPath) -> Any:
+        if id(node) in self._active:
+            self.problem("recursive YAML alias; expand the anchor by hand", node)
+            return None
+
+        self._active.add(id(node))
+        try:
+            if isinstance(node, yaml.MappingNode):
+                return self._build_mapping(node, key_path)
+            if isinstance(node, yaml.SequenceNode):
+                return self._build_sequence(node, key_path)
+            return self._build_scalar(node)
+        finally:
+            self._active.discard(id(node))
+
+    def _build_scalar(self, node: Any) -> Any:
+        # The safe constructor builds only plain types, and it raises for
+        # tags such as !!python/object, so nothing from the file is executed.
+        try:
+            return self.loader.construct_object(node, deep=True)
+        except yaml.constructor.ConstructorError as error:
+            self.problem(f"YAML tag {node.tag!r} is not allowed; use plain YAML values", node)
+            del error
+            return None
+
+    def _build_sequence(self, node: Any, key_path: KeyPath) -> list[Any]:
+        if node.tag != _SEQ_TAG:
+            self.problem(f"YAML tag {node.tag!r} is not allowed; use a plain list", node)
+            return []
+
+        result = []
+        for index, child in enumerate(node.value):
+            child_path = key_path + (index,)
+            self.lines[child_path] = _mark_line(child.start_mark) or 0
+            result.append(self.build(child, child_path))
+        return result
+
+    def _build_mapping(self, node: Any, key_path: KeyPath) -> dict[Any, Any]:
+        if node.tag != _MAP_TAG:
+            self.problem(f"YAML tag {node.tag!r} is not allowed; use a plain mapping", node)
+            return {}
+
+        # Merge keys (<<: *anchor) are legal YAML. Their pairs come first and
+        # explicit keys may override them, so only explicit keys count as duplicates.
+        explicit_count = sum(1 for key, _ in node.value if key.tag != _MERGE_TAG)
+        try:
+            self.loader.flatten_mapping(node)
+        except yaml.constructor.ConstructorError as error:
+            self.problem(f"invalid YAML merge key: {error.problem}", node)
+            return {}
+        merged_count = len(node.value) - explicit_count
+
+        result: dict[Any, Any] = {}
+        first_lines: dict[Any, int | None] = {}
+        for position, (key_node, value_node) in enumerate(node.value):
+            key = self.build(key_node, key_path)
+            try:
+                hash(key)
+            except TypeError:
+                self.problem("a mapping key must be a scalar, not a list or mapping", key_node)
+                continue
+
+            line = _mark_line(key_node.start_mark)
+            is_explicit = position >= merged_count
+            if is_explicit and key in first_lines:
+                self.problem(
+                    f"duplicate key {key!r} (first set on line {first_lines[key]}); "
+                    "YAML keeps only the last value, so remove one of them",
+                    key_node,
+                )
+            if is_explicit:
+                first_lines[key] = line
+
+            child_path = key_path + (key,)
+            self.lines[child_path] = line or 0
+            result[key] = self.build(value_node, child_path)
+        return result
+
+
+def parse_yaml(text: str, path: Path) -> YamlDocument:
+    """Parse YAML text safely; raise :class:`YamlLoadError` listing every problem."""
+    loader = SafeLoader(text)
+    try:
+        try:
+            node = loader.get_single_node()
+        except yaml.MarkedYAMLError as error:
+            mark = error.problem_mark or error.context_mark
+            reason = error.problem or error.context or "invalid YAML"
+            raise YamlLoadError(
+                [
+                    Diagnostic(
+                        f"invalid YAML: {reason}; fix the syntax",
+                        path=path,
+                        line=_mark_line(mark),
+                        column=_mark_column(mark),
+                    )
+                ]
+            ) from None
+        except yaml.YAMLError as error:
+            raise YamlLoadError([Diagnostic(f"invalid YAML: {error}", path=path)]) from None
+
+        if node is None:
+            return YamlDocument(path=path, data=None)
+
+        builder = _Builder(path, loader)
+        data = builder.build(node, ())
+        builder.lines[()] = _mark_line(node.start_mark) or 1
+    finally:
+        loader.dispose()
+
+    if builder.problems:
+        raise YamlLoadError(builder.problems)
+    return YamlDocument(path=path, data=data, lines=builder.lines)
+
+
+def load_yaml(path: Path) -> YamlDocument:
+    """Read and parse one YAML file; raise :class:`YamlLoadError` for any problem."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise YamlLoadError(
+            [Diagnostic(f"file is not valid UTF-8 (byte {error.start}); save it as UTF-8", path=path)]
+        ) from None
+    except OSError as error:
+        raise YamlLoadError(
+            [Diagnostic(f"cannot read file: {error.strerror}", path=path)]
+        ) from None
+    return parse_yaml(text, path)

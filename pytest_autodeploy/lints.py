@@ -17,6 +17,7 @@ _WORLD_SIZE_FILE = re.compile(r"^world_size_(\d+)\.ya?ml$")
 # A count that follows a letter is skipped, because "A22B" (active experts)
 # and "E2B" (effective size) do not give the total size.
 _PARAMS = re.compile(r"(?<![A-Za-z0-9.])(?:(\d+)x)?(\d+(?:[._]\d+)?)([BbMm])(?![A-Za-z0-9])")
+_EXPERT_COUNT = re.compile(r"-\d+E(?![A-Za-z0-9])")
 
 
 def parameter_count_billions(name: str) -> float | None:
@@ -24,6 +25,9 @@ def parameter_count_billions(name: str) -> float | None:
     model = name.rsplit("/", 1)[-1]
     match = _PARAMS.search(model)
     if match is None:
+        return None
+    # "17B-16E" names the active parameters of a mixture of experts, not its size.
+    if _EXPERT_COUNT.match(model, match.end()):
         return None
 
     experts, size, unit = match.groups()

@@ -1,0 +1,88 @@
+"""pytest nodes for a registry: one collector for models.yaml, one item per model."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Iterator
+
+import pytest
+
+from .diagnostics import RegistryError
+from .registry import Model
+from .runners import RunFailure
+
+AUTODEPLOY_MARKER = "autodeploy"
+
+
+def world_size_marker(world_size: int) -> str:
+    return f"world_size_{world_size}"
+
+
+def config_marker(file_name: str) -> str:
+    """Return the marker name for a config file: ``multimodal.yaml`` -> ``config_multimodal``."""
+    stem = re.sub(r"\.ya?ml$", "", file_name)
+    return "config_" + re.sub(r"\W+", "_", stem).strip("_")
+
+
+def model_marker_names(model: Model) -> list[str]:
+    names = [AUTODEPLOY_MARKER]
+    if model.world_size is not None:
+        names.append(world_size_marker(model.world_size))
+    names.extend(config_marker(name) for name in model.entry.yaml_extra)
+    return names
+
+
+def model_marks(model: Model) -> list[pytest.MarkDecorator]:
+    marks = [getattr(pytest.mark, name) for name in model_marker_names(model)]
+    if model.entry.skip is not None:
+        marks.append(pytest.mark.skip(reason=model.entry.skip))
+    return marks
+
+
+class RegistryFile(pytest.File):
+    """Collects ``models.yaml``; a registry with errors becomes one collection error."""
+
+    def collect(self) -> Iterator[pytest.Item]:
+        from .plugin import get_state  # the plugin owns the per-session state
+
+        state = get_state(self.config)
+        state.registry.raise_for_errors()
+        for model in state.registry.models:
+            yield ModelItem.from_parent(self, name=model.test_id, model=model)
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
+        if isinstance(excinfo.value, RegistryError):
+            return excinfo.value.format()
+        return super().repr_failure(excinfo)
+
+
+class ModelItem(pytest.Item):
+    """One registry entry as a test; running it is the runner's job."""
+
+    def __init__(self, *, model: Model, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.model = model
+        for mark in model_marks(model):
+            self.add_marker(mark)
+        # user_properties travel with every report, also from xdist workers,
+        # and junitxml writes them as <property> elements.
+        self.user_properties.extend(
+            [
+                ("model", model.name),
+                ("config_id", model.config_id or ""),
+                ("world_size", model.world_size),
+            ]
+        )
+
+    def runtest(self) -> None:
+        from .plugin import get_state
+
+        get_state(self.config).run_item(self)
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
+        if isinstance(excinfo.value, RunFailure):
+            return str(excinfo.value)
+        return super().repr_failure(excinfo)
+
+    def reportinfo(self) -> tuple[Any, int | None, str]:
+        return self.path, self.model.entry.line - 1, f"{self.model.test_id} (world size {self.model.world_size})"

@@ -1,0 +1,149 @@
+"""Command-line options, their ini twins, and the settings resolved from them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .runners import CommandTemplate, TemplateError
+
+# Every option has an ini twin: --autodeploy-foo-bar <-> autodeploy_foo_bar.
+# Each tuple: (option, ini type, help). Option flags and parsing live below.
+_NOT_GIVEN = object()
+
+
+def _positive_seconds(value: str) -> float:
+    import argparse
+
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid seconds value {value!r}; give a number such as 600") from None
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(f"invalid seconds value {value!r}; it must be greater than 0")
+    return seconds
+
+
+def add_options(parser: pytest.Parser) -> None:
+    group = parser.getgroup("autodeploy", "pytest-autodeploy: model registry tests")
+
+    def add(flag: str, ini_type: str | None, help: str, **kwargs: Any) -> None:
+        dest = flag.lstrip("-").replace("-", "_")
+        group.addoption(flag, dest=dest, help=help, **kwargs)
+        if ini_type is not None:
+            parser.addini(dest, help=help, type=ini_type, default=None)
+
+    add(
+        "--autodeploy-registry",
+        "string",
+        "Enable registry tests. PATH is a registry folder or its models.yaml; without "
+        "PATH: the autodeploy_registry ini value, then model_registry/ under rootdir, "
+        "then the bundled registry. Write --autodeploy-registry=PATH",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="PATH",
+    )
+    add(
+        "--autodeploy-command",
+        "string",
+        "Run each model with this command (argv, no shell) instead of the check runner. "
+        "Placeholders: {model} {config} {world_size} {config_id} {gpus}",
+        metavar="TEMPLATE",
+    )
+    add(
+        "--autodeploy-timeout",
+        "string",
+        "Kill a model's command and its process group after this many seconds (default: no limit)",
+        type=_positive_seconds,
+        metavar="SECONDS",
+    )
+    add(
+        "--autodeploy-gpus",
+        "string",
+        "GPUs on this node: a count (8) or a list of ids (0,1,2,3). "
+        "Default: CUDA_VISIBLE_DEVICES, then NVML, then nvidia-smi -L",
+        metavar="N|LIST",
+    )
+    add(
+        "--autodeploy-strict-gpus",
+        "bool",
+        "Fail, instead of skip, a model that needs more GPUs than this node has",
+        action="store_true",
+        default=None,
+    )
+    add(
+        "--autodeploy-lock-dir",
+        "string",
+        "Folder of the machine-wide GPU lock files shared by every session on this host "
+        "(default: <tmp>/pytest-autodeploy-gpu-locks)",
+        metavar="PATH",
+    )
+
+
+def _get(config: pytest.Config, name: str) -> Any:
+    """Return the option value if given on the command line, else the ini value."""
+    value = config.getoption(name, default=None)
+    if value is None or value == _NOT_GIVEN:
+        value = config.getini(name)
+    return value
+
+
+def _ini_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    return str(value).strip().lower() in ("1", "true", "yes", "on")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Plugin settings resolved from options and ini values."""
+
+    registry_arg: str | None  # None: plugin disabled; "": flag without PATH
+    command: CommandTemplate | None
+    timeout: float | None
+    gpus_spec: str | None
+    strict_gpus: bool
+    lock_dir: Path | None
+
+    @property
+    def enabled(self) -> bool:
+        return self.registry_arg is not None
+
+    @property
+    def runner_name(self) -> str:
+        return "command" if self.command is not None else "check"
+
+
+def resolve_settings(config: pytest.Config) -> Settings:
+    """Read and check every option; raise ``pytest.UsageError`` naming the bad one."""
+    command_text = _get(config, "autodeploy_command")
+    command = None
+    if command_text:
+        try:
+            command = CommandTemplate.parse(command_text)
+        except TemplateError as error:
+            raise pytest.UsageError(str(error)) from None
+
+    timeout = config.getoption("autodeploy_timeout", default=None)
+    if timeout is None and config.getini("autodeploy_timeout"):
+        import argparse
+
+        try:
+            timeout = _positive_seconds(config.getini("autodeploy_timeout"))
+        except argparse.ArgumentTypeError as error:
+            raise pytest.UsageError(f"ini autodeploy_timeout: {error}") from None
+
+    lock_dir = _get(config, "autodeploy_lock_dir")
+    gpus_spec = _get(config, "autodeploy_gpus")
+    return Settings(
+        registry_arg=config.getoption("autodeploy_registry", default=None),
+        command=command,
+        timeout=timeout,
+        gpus_spec=str(gpus_spec) if gpus_spec not in (None, "") else None,
+        strict_gpus=_ini_bool(_get(config, "autodeploy_strict_gpus") or False),
+        lock_dir=Path(lock_dir).expanduser() if lock_dir else None,
+    )

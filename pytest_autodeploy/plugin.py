@@ -1,0 +1,283 @@
+"""pytest hooks of pytest-autodeploy. The logic lives in the other modules."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from . import registry as registry_module
+from .diagnostics import Diagnostic, RegistryError
+from .gpus import GpuInventory, GpuSpecError, discover_gpus
+from .items import (
+    AUTODEPLOY_MARKER,
+    ModelItem,
+    RegistryFile,
+    config_marker,
+    model_marks,
+    world_size_marker,
+)
+from .options import Settings, add_options, resolve_settings
+from .registry import Model, Registry, load_registry
+from .runners import RunFailure, run_check, run_model_command, write_merged_config
+from .summary import TOO_FEW_GPUS, ResultTable
+
+BUNDLED_REGISTRY = Path(__file__).parent / "model_registry"
+# A source checkout keeps the registry beside the package, not inside it.
+_CHECKOUT_REGISTRY = Path(__file__).parent.parent / "model_registry"
+
+
+class RegistryWarning(pytest.PytestWarning):
+    """A registry lint: shown in the warnings summary, never fails the run."""
+
+
+@dataclass
+class SessionState:
+    """Everything the plugin keeps for one pytest process."""
+
+    settings: Settings
+    registry: Registry
+    registry_source: str
+    inventory: GpuInventory
+    results: ResultTable = field(default_factory=ResultTable)
+    _work_dir: Path | None = None
+
+    @property
+    def work_dir(self) -> Path:
+        """A private folder for merged configs and command logs of this process."""
+        if self._work_dir is None:
+            self._work_dir = Path(tempfile.mkdtemp(prefix="pytest-autodeploy-"))
+        return self._work_dir
+
+    def run_item(self, item: ModelItem) -> None:
+        model = item.model
+        if self.settings.command is None:
+            run_check(model, self.registry)
+            return
+
+        self._check_gpu_count(item)
+        from .leases import LeaseManager, default_lock_dir
+
+        manager = LeaseManager(self.settings.lock_dir or default_lock_dir(), self.inventory.ids)
+        config_path = write_merged_config(model, self.work_dir / "configs")
+        with manager.acquire(model.world_size, owner=f"{item.nodeid} pid") as lease:
+            item.user_properties.append(("gpus", ",".join(lease.gpus)))
+            run_model_command(
+                self.settings.command,
+                model,
+                config_path,
+                lease.gpus,
+                log_dir=self.work_dir / "logs",
+                timeout=self.settings.timeout,
+                pass_fds=lease.fds,
+            )
+
+    def _check_gpu_count(self, item: ModelItem) -> None:
+        needed = item.model.world_size or 0
+        available = self.inventory.count
+        if needed <= available:
+            return
+        reason = f"needs {needed} GPUs, this node has {available}"
+        item.user_properties.append((TOO_FEW_GPUS, True))
+        if self.settings.strict_gpus:
+            raise RunFailure(f"{reason} (--autodeploy-strict-gpus)")
+        pytest.skip(reason)
+
+
+_STATE_KEY = pytest.StashKey[SessionState]()
+
+
+def get_state(config: pytest.Config) -> SessionState:
+    return config.stash[_STATE_KEY]
+
+
+def _find_registry(config: pytest.Config, settings: Settings) -> tuple[Path, str]:
+    """Return the registry path and a note on where it came from."""
+    if settings.registry_arg:
+        return Path(settings.registry_arg), "--autodeploy-registry"
+
+    ini_value = config.getini("autodeploy_registry")
+    if ini_value:
+        base = config.inipath.parent if config.inipath else config.rootpath
+        return base / ini_value, f"ini autodeploy_registry in {config.inipath or config.rootpath}"
+
+    local = config.rootpath / "model_registry"
+    if (local / registry_module.MODELS_FILE).is_file():
+        return local, "model_registry/ under rootdir"
+
+    for bundled in (BUNDLED_REGISTRY, _CHECKOUT_REGISTRY):
+        if (bundled / registry_module.MODELS_FILE).is_file():
+            return bundled, "bundled registry"
+    raise pytest.UsageError("the bundled registry is missing from this install; reinstall pytest-autodeploy or pass --autodeploy-registry=PATH")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    add_options(parser)
+
+
+def _register_markers(config: pytest.Config, registry: Registry | None) -> None:
+    config.addinivalue_line("markers", f"{AUTODEPLOY_MARKER}: a test generated from the model registry")
+    sizes = {1, 2, 4, 8}
+    files: set[str] = set()
+    if registry is not None:
+        sizes.update(model.world_size for model in registry.models if model.world_size)
+        for model in registry.models:
+            files.update(model.entry.yaml_extra)
+    for size in sorted(sizes):
+        config.addinivalue_line("markers", f"{world_size_marker(size)}: the model needs {size} GPUs")
+    for name in sorted(files):
+        config.addinivalue_line("markers", f"{config_marker(name)}: the model lists {name} in yaml_extra")
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_configure(config: pytest.Config) -> None:
+    settings = resolve_settings(config)
+    if not settings.enabled:
+        _register_markers(config, None)
+        return
+
+    path, source = _find_registry(config, settings)
+    try:
+        registry = load_registry(path)
+    except RegistryError as error:
+        raise pytest.UsageError(f"{error.format()} ({source})") from None
+    _register_markers(config, registry)
+
+    try:
+        inventory = discover_gpus(settings.gpus_spec)
+    except GpuSpecError as error:
+        raise pytest.UsageError(str(error)) from None
+
+    config.stash[_STATE_KEY] = SessionState(settings, registry, source, inventory)
+
+    # With the flag and no test paths, collect only the registry.
+    if config.args_source != pytest.Config.ArgsSource.ARGS:
+        config.args = [str(registry.models_path)]
+
+
+def pytest_report_header(config: pytest.Config) -> list[str] | None:
+    if _STATE_KEY not in config.stash:
+        return None
+    state = get_state(config)
+    registry = state.registry
+    return [
+        f"autodeploy: registry {registry.models_path} ({state.registry_source}), {len(registry.models)} models",
+        f"autodeploy: runner {state.settings.runner_name}; GPUs: {state.inventory.describe()}",
+    ]
+
+
+def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
+    config = parent.config
+    if _STATE_KEY not in config.stash:
+        return None
+    if file_path.resolve() == get_state(config).registry.models_path:
+        return RegistryFile.from_parent(parent, path=file_path)
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if _STATE_KEY not in config.stash:
+        return
+    # Lints become pytest warnings, placed at the registry line they are about.
+    for warning in get_state(config).registry.warnings:
+        warnings.warn_explicit(
+            RegistryWarning(warning.message),
+            category=RegistryWarning,
+            filename=str(warning.path),
+            lineno=warning.line or 1,
+        )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "autodeploy_model" not in metafunc.fixturenames:
+        return
+    config = metafunc.config
+    if _STATE_KEY not in config.stash:
+        return
+    registry = get_state(config).registry
+    if registry.errors:
+        raise RegistryError(registry.errors)
+    metafunc.parametrize(
+        "autodeploy_model",
+        [pytest.param(model, id=model.test_id, marks=model_marks(model)) for model in registry.models],
+        indirect=True,
+    )
+
+
+@dataclass(frozen=True)
+class AutodeployModel:
+    """The registry entry a test runs for, as the ``autodeploy_model`` fixture gives it."""
+
+    name: str
+    config_id: str | None
+    yaml_extra: tuple[str, ...]
+    config: dict[str, Any]  # a deep copy: a test may change it freely
+    world_size: int
+    config_path: Path  # the merged config written as YAML
+    test_id: str
+
+
+@pytest.fixture
+def autodeploy_model(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> AutodeployModel:
+    """The registry entry of this test: name, config_id, merged config and world size."""
+    model = getattr(request, "param", None)
+    if not isinstance(model, Model):
+        pytest.skip("autodeploy_model needs --autodeploy-registry to parametrize this test")
+    folder = tmp_path_factory.mktemp("autodeploy-config")
+    return AutodeployModel(
+        name=model.name,
+        config_id=model.config_id,
+        yaml_extra=model.entry.yaml_extra,
+        config=copy.deepcopy(model.config),
+        world_size=model.world_size,
+        config_path=write_merged_config(model, folder),
+        test_id=model.test_id,
+    )
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[Any]:
+    report = yield
+    if not isinstance(item, ModelItem) or call.when != "call" or item.model.entry.xfail is None:
+        return report
+    reason = item.model.entry.xfail
+    if report.failed:
+        report.outcome = "skipped"
+        report.wasxfail = reason
+    elif report.passed:
+        report.wasxfail = reason
+    return report
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    pass
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    if _STATE_KEY not in config.stash:
+        return
+    results = _collect_results(terminalreporter)
+    if not results.results:
+        return
+    terminalreporter.write_sep("=", "autodeploy summary")
+    for line in results.lines():
+        terminalreporter.write_line(line)
+
+
+def _collect_results(terminalreporter: Any) -> ResultTable:
+    table = ResultTable()
+    for reports in terminalreporter.stats.values():
+        for report in reports:
+            if isinstance(report, pytest.TestReport):
+                table.record(report)
+    return table
+
+
+def format_diagnostics(diagnostics: list[Diagnostic]) -> str:
+    return "\n".join(diagnostic.format() for diagnostic in diagnostics)

@@ -1,0 +1,112 @@
+"""Running one model's command in its own process group, with a timeout.
+
+The command runs as an argv list, never through a shell. It starts in a new
+session so that a timeout or Ctrl-C can kill the whole process group,
+children included. On Linux it also goes through a small launcher that asks
+the kernel to kill it if the pytest process dies first.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+# Seconds between SIGTERM and SIGKILL when a process group is stopped.
+KILL_GRACE_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    returncode: int | None  # None when the command was killed for the timeout
+    timed_out: bool
+    seconds: float
+    log_path: Path
+
+    def tail(self, lines: int = 40) -> str:
+        """Return the last ``lines`` lines of the command's output."""
+        try:
+            with self.log_path.open("r", encoding="utf-8", errors="replace") as handle:
+                return "".join(deque(handle, maxlen=lines))
+        except OSError as error:
+            return f"(output unavailable: {error.strerror})"
+
+
+def _kill_group(process: subprocess.Popen, grace: float) -> None:
+    """Stop the command's process group: SIGTERM, then SIGKILL after ``grace`` seconds."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, None)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            process.wait(timeout=wait)
+            if sig == signal.SIGTERM:
+                # The leader exited, but its children may still run in the group.
+                os.killpg(process.pid, signal.SIGKILL)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+        except ProcessLookupError:
+            break
+    try:
+        process.wait(timeout=KILL_GRACE_SECONDS)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+def launcher_argv(argv: Sequence[str]) -> list[str]:
+    """Prefix argv with the launcher that ties the command's life to ours (Linux only)."""
+    if sys.platform.startswith("linux"):
+        return [sys.executable, "-m", "pytest_autodeploy._launch", *argv]
+    return list(argv)
+
+
+def run_command(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str],
+    log_path: Path,
+    timeout: float | None,
+    pass_fds: Sequence[int] = (),
+    grace: float = KILL_GRACE_SECONDS,
+) -> CommandResult:
+    """Run ``argv`` to completion, writing stdout and stderr to ``log_path``.
+
+    Raises ``FileNotFoundError``/``PermissionError`` when the program cannot
+    start. On KeyboardInterrupt the process group is killed before re-raising.
+    """
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    start = time.monotonic()
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            launcher_argv(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=dict(env),
+            start_new_session=True,
+            pass_fds=tuple(pass_fds),
+        )
+        try:
+            returncode = process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _kill_group(process, grace)
+            return CommandResult(None, True, time.monotonic() - start, log_path)
+        except BaseException:
+            _kill_group(process, grace=1.0)
+            raise
+
+        # The leader is gone; kill what it left behind in its group, because
+        # those processes could still be using the GPUs of this lease.
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    return CommandResult(returncode, False, time.monotonic() - start, log_path)

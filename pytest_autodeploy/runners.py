@@ -1,0 +1,138 @@
+"""What a registry test item does when it runs: the check runner and the command runner."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import string
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import yaml
+
+from .diagnostics import errors_only
+from .process import CommandResult, run_command
+from .registry import Model, Registry
+from .schema import SchemaFileError, validate_config
+
+PLACEHOLDERS = ("model", "config", "world_size", "config_id", "gpus")
+
+
+class RunFailure(Exception):
+    """Raised when a model's test fails; the message is shown without a traceback."""
+
+
+class TemplateError(ValueError):
+    """Raised for an invalid ``--autodeploy-command`` template."""
+
+
+def safe_file_stem(test_id: str) -> str:
+    """Return a file name stem for a test id such as ``org/model[cfg]``."""
+    return re.sub(r"[^\w.+-]+", "_", test_id).strip("_") or "model"
+
+
+def write_merged_config(model: Model, folder: Path) -> Path:
+    """Write the model's merged config as YAML and return its path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{safe_file_stem(model.test_id)}.yaml"
+    path.write_text(yaml.safe_dump(model.config, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def run_check(model: Model, registry: Registry) -> None:
+    """Validate one model: its entry, its merge, its world size and the config schema."""
+    problems = errors_only(model.diagnostics)
+    if model.merged is not None and registry.schema_path is not None:
+        try:
+            problems += validate_config(registry.schema_path, model.merged, model.test_id)
+        except SchemaFileError as error:
+            problems.append(error.diagnostic)
+    if model.merged is None and not problems:
+        raise RunFailure(f"{model.test_id}: no merged config (see the collection errors)")
+    if problems:
+        raise RunFailure("\n".join(problem.format() for problem in problems))
+
+
+@dataclass(frozen=True)
+class CommandTemplate:
+    """A command line with placeholders, split into argv before substitution.
+
+    Splitting first means a value such as a model name is always exactly one
+    argument: it can never add arguments or reach a shell.
+    """
+
+    text: str
+    argv: tuple[str, ...]
+
+    @classmethod
+    def parse(cls, text: str) -> CommandTemplate:
+        try:
+            argv = tuple(shlex.split(text))
+        except ValueError as error:
+            raise TemplateError(f"invalid --autodeploy-command {text!r}: {error}; check the quoting") from None
+        if not argv:
+            raise TemplateError("--autodeploy-command is empty; give a command such as 'my-runner --model {model}'")
+
+        formatter = string.Formatter()
+        for token in argv:
+            try:
+                fields = [field for _, field, _, _ in formatter.parse(token) if field is not None]
+            except ValueError as error:
+                raise TemplateError(f"invalid placeholder in --autodeploy-command argument {token!r}: {error}; write {{{{ for a literal brace") from None
+            for field in fields:
+                if field not in PLACEHOLDERS:
+                    allowed = ", ".join("{" + name + "}" for name in PLACEHOLDERS)
+                    raise TemplateError(f"unknown placeholder {{{field}}} in --autodeploy-command; use {allowed}")
+        return cls(text=text, argv=argv)
+
+    def render(self, model: Model, config_path: Path, gpus: Sequence[str]) -> list[str]:
+        values = {
+            "model": model.name,
+            "config": str(config_path),
+            "world_size": str(model.world_size),
+            "config_id": model.config_id or "",
+            "gpus": ",".join(gpus),
+        }
+        return [token.format(**values) for token in self.argv]
+
+
+def run_model_command(
+    template: CommandTemplate,
+    model: Model,
+    config_path: Path,
+    gpus: Sequence[str],
+    *,
+    log_dir: Path,
+    timeout: float | None,
+    base_env: Mapping[str, str] = os.environ,
+    pass_fds: Sequence[int] = (),
+) -> CommandResult:
+    """Run the command for one model on exactly ``gpus``; raise :class:`RunFailure` if it fails."""
+    argv = template.render(model, config_path, gpus)
+    env = dict(base_env)
+    # The child sees only its own GPUs, in the visible list's own form.
+    env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
+    env["AUTODEPLOY_MODEL"] = model.name
+    env["AUTODEPLOY_CONFIG"] = str(config_path)
+    env["AUTODEPLOY_WORLD_SIZE"] = str(model.world_size)
+
+    log_path = log_dir / f"{safe_file_stem(model.test_id)}.log"
+    try:
+        result = run_command(argv, env=env, log_path=log_path, timeout=timeout, pass_fds=pass_fds)
+    except OSError as error:
+        raise RunFailure(f"cannot start {argv[0]!r}: {error.strerror}; check --autodeploy-command") from None
+
+    shown = shlex.join(argv)
+    if result.timed_out:
+        raise RunFailure(
+            f"timed out after {timeout:g} s and was killed with its process group: {shown}\n"
+            f"last output ({log_path}):\n{result.tail()}"
+        )
+    if result.returncode != 0:
+        raise RunFailure(
+            f"command exited with code {result.returncode} after {result.seconds:.1f} s: {shown}\n"
+            f"last output ({log_path}):\n{result.tail()}"
+        )
+    return result

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any, Iterator
 
@@ -18,6 +19,7 @@ def world_size_marker(world_size: int) -> str:
     return f"world_size_{world_size}"
 
 
+@functools.lru_cache(maxsize=None)
 def config_marker(file_name: str) -> str:
     """Return the marker name for a config file: ``multimodal.yaml`` -> ``config_multimodal``."""
     stem = re.sub(r"\.ya?ml$", "", file_name)
@@ -32,8 +34,14 @@ def model_marker_names(model: Model) -> list[str]:
     return names
 
 
+@functools.lru_cache(maxsize=None)
+def _mark(name: str) -> pytest.MarkDecorator:
+    # Looking a marker up on pytest.mark is slow enough to matter for 10,000 items.
+    return getattr(pytest.mark, name)
+
+
 def model_marks(model: Model) -> list[pytest.MarkDecorator]:
-    marks = [getattr(pytest.mark, name) for name in model_marker_names(model)]
+    marks = [_mark(name) for name in model_marker_names(model)]
     if model.entry.skip is not None:
         marks.append(pytest.mark.skip(reason=model.entry.skip))
     return marks
@@ -62,8 +70,10 @@ class ModelItem(pytest.Item):
     def __init__(self, *, model: Model, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.model = model
-        for mark in model_marks(model):
-            self.add_marker(mark)
+        # The same as add_marker() for each mark, without its per-call overhead.
+        marks = model_marks(model)
+        self.own_markers.extend(mark.mark for mark in marks)
+        self.keywords.update({mark.name: mark for mark in marks})
         # user_properties travel with every report, also from xdist workers,
         # and junitxml writes them as <property> elements.
         self.user_properties.extend(

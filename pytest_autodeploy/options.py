@@ -76,6 +76,13 @@ def add_options(parser: pytest.Parser) -> None:
         default=None,
     )
     add(
+        "--autodeploy-durations",
+        "string",
+        "JSON file of seconds per model: read to order work before the run, "
+        "updated atomically after it",
+        metavar="FILE",
+    )
+    add(
         "--autodeploy-lock-dir",
         "string",
         "Folder of the machine-wide GPU lock files shared by every session on this host "
@@ -108,6 +115,7 @@ class Settings:
     gpus_spec: str | None
     strict_gpus: bool
     lock_dir: Path | None
+    durations_path: Path | None = None
 
     @property
     def enabled(self) -> bool:
@@ -139,6 +147,7 @@ def resolve_settings(config: pytest.Config) -> Settings:
 
     lock_dir = _get(config, "autodeploy_lock_dir")
     gpus_spec = _get(config, "autodeploy_gpus")
+    durations = _get(config, "autodeploy_durations")
     return Settings(
         registry_arg=config.getoption("autodeploy_registry", default=None),
         command=command,
@@ -146,4 +155,5 @@ def resolve_settings(config: pytest.Config) -> Settings:
         gpus_spec=str(gpus_spec) if gpus_spec not in (None, "") else None,
         strict_gpus=_ini_bool(_get(config, "autodeploy_strict_gpus") or False),
         lock_dir=Path(lock_dir).expanduser() if lock_dir else None,
+        durations_path=Path(durations).expanduser() if durations else None,
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 import warnings
 import tempfile
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ import pytest
 
 from . import registry as registry_module
 from .diagnostics import Diagnostic, RegistryError
+from .durations import DurationRecord, DurationsFileError, estimate_seconds, load_durations, merge_durations, save_durations
 from .gpus import GpuInventory, GpuSpecError, discover_gpus
 from .items import (
     AUTODEPLOY_MARKER,
@@ -45,7 +47,17 @@ class SessionState:
     registry_source: str
     inventory: GpuInventory
     results: ResultTable = field(default_factory=ResultTable)
+    # Seconds per model from the durations file, and those measured in this run.
+    durations: dict[str, DurationRecord] = field(default_factory=dict)
+    measured: dict[str, DurationRecord] = field(default_factory=dict)
     _work_dir: Path | None = None
+
+    @property
+    def uses_gpus(self) -> bool:
+        return self.settings.command is not None
+
+    def world_sizes(self) -> dict[str, int]:
+        return {model.test_id: model.world_size for model in self.registry.models if model.world_size is not None}
 
     @property
     def work_dir(self) -> Path:
@@ -65,7 +77,7 @@ class SessionState:
 
         manager = LeaseManager(self.settings.lock_dir or default_lock_dir(), self.inventory.ids)
         config_path = write_merged_config(model, self.work_dir / "configs")
-        with manager.acquire(model.world_size, owner=f"{item.nodeid} pid") as lease:
+        with manager.acquire(model.world_size, owner=f"{item.nodeid} (pid {os.getpid()})") as lease:
             item.user_properties.append(("gpus", ",".join(lease.gpus)))
             run_model_command(
                 self.settings.command,
@@ -153,7 +165,17 @@ def pytest_configure(config: pytest.Config) -> None:
     except GpuSpecError as error:
         raise pytest.UsageError(str(error)) from None
 
-    config.stash[_STATE_KEY] = SessionState(settings, registry, source, inventory)
+    durations: dict[str, DurationRecord] = {}
+    if settings.durations_path is not None:
+        try:
+            durations = load_durations(settings.durations_path)
+        except DurationsFileError as error:
+            raise pytest.UsageError(f"--autodeploy-durations: {error}") from None
+
+    config.stash[_STATE_KEY] = SessionState(settings, registry, source, inventory, durations=durations)
+
+    if not _is_xdist_worker(config):
+        config.pluginmanager.register(DurationRecorder(get_state(config)), "autodeploy-durations")
 
     # With the flag and no test paths, collect only the registry.
     if config.args_source != pytest.Config.ArgsSource.ARGS:
@@ -254,8 +276,78 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     return report
 
 
-def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    pass
+def _is_xdist_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
+    """With ``-n auto`` and a command runner, start one worker per GPU."""
+    if _STATE_KEY not in config.stash:
+        return None
+    state = get_state(config)
+    if state.uses_gpus and state.inventory.count > 0:
+        return state.inventory.count
+    return None
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """Schedule registry items by GPU-seconds with backfill when they run on GPUs."""
+    if _STATE_KEY not in config.stash:
+        return None
+    state = get_state(config)
+    if not state.uses_gpus or state.inventory.count == 0:
+        return None
+
+    from xdist.report import report_collection_diff
+    from xdist.workermanage import parse_tx_spec_config
+
+    from .xdist_scheduling import GpuScheduling, jobs_from_models
+
+    def estimate(key: str, world_size: int) -> float:
+        return estimate_seconds(key, world_size, state.durations)
+
+    return GpuScheduling(
+        numnodes=len(parse_tx_spec_config(config)),
+        gpu_count=state.inventory.count,
+        job_for=jobs_from_models((), state.world_sizes(), estimate, state.inventory.count),
+        report_collection_diff=report_collection_diff,
+    )
+
+
+class DurationRecorder:
+    """Records the call duration of every model test and saves the durations file.
+
+    Registered only in the controller (or the single process without xdist),
+    which sees the reports of every worker.
+    """
+
+    def __init__(self, state: SessionState) -> None:
+        self.state = state
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.when != "call":
+            return
+        properties = dict(report.user_properties)
+        if "world_size" not in properties:
+            return
+        from .xdist_scheduling import model_key
+
+        key = model_key(report.nodeid, self.state.world_sizes())
+        if key is not None:
+            self.state.measured[key] = DurationRecord.measured(report.duration, properties["world_size"])
+
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        path = self.state.settings.durations_path
+        if path is None or not self.state.measured:
+            return
+        try:
+            save_durations(path, merge_durations(self.state.durations, self.state.measured))
+        except OSError as error:
+            session.config.get_terminal_writer().line(
+                f"autodeploy: could not write --autodeploy-durations {path}: {error.strerror}", red=True
+            )
 
 
 @pytest.hookimpl(trylast=True)

@@ -31,9 +31,10 @@ ENTRY_KEYS = ("name", "yaml_extra", "config_id", "xfail", "skip")
 
 # Characters that pytest's -k and -m expressions accept inside one identifier;
 # a name with anything else (a space, a quote, a control character) could not
-# be selected with -k, so the loader rejects it.
-_SELECTABLE_NAME = re.compile(r"^[\w.+\-/:]+$")
-_CONFIG_ID = re.compile(r"^[\w.+\-]+$")
+# be selected with -k, so the loader rejects it. Match them with fullmatch,
+# because "$" would also accept a trailing newline.
+_SELECTABLE_NAME = re.compile(r"[\w.+\-/:]+")
+_CONFIG_ID = re.compile(r"[\w.+\-]+")
 
 
 @dataclass(frozen=True)
@@ -158,6 +159,7 @@ class _Loader:
         # Each config file is parsed once however many entries use it, and each
         # distinct list of files is merged once.
         self._config_cache: dict[Path, YamlDocument | None] = {}
+        self._path_cache: dict[str, Path | None] = {}
         self._merge_cache: dict[tuple[Path, ...], tuple[MergedConfig | None, Any, list[Diagnostic]]] = {}
 
     def error(self, message: str, line: int | None, path: Path | None = None, entry: str | None = None) -> Diagnostic:
@@ -267,7 +269,7 @@ class _Loader:
             self._check_name(name, key_line("name"))
 
         config_id = raw.get("config_id")
-        if config_id is not None and not (isinstance(config_id, str) and _CONFIG_ID.match(config_id)):
+        if config_id is not None and not (isinstance(config_id, str) and _CONFIG_ID.fullmatch(config_id)):
             self.error(
                 f"config_id of {label} must be a string of letters, digits, '_', '.', '+' or '-', got {config_id!r}",
                 key_line("config_id"),
@@ -305,8 +307,8 @@ class _Loader:
     def _check_name(self, name: Any, line: int | None) -> None:
         if not isinstance(name, str) or not name:
             self.error(f"name must be a non-empty string such as org/model, got {name!r}", line)
-        elif not _SELECTABLE_NAME.match(name):
-            bad = sorted({repr(char) for char in name if not _SELECTABLE_NAME.match(char)})
+        elif not _SELECTABLE_NAME.fullmatch(name):
+            bad = sorted({repr(char) for char in name if not _SELECTABLE_NAME.fullmatch(char)})
             self.error(
                 f"name {name!r} contains {', '.join(bad)}, which pytest -k cannot select; "
                 "use only letters, digits and . _ - + / :",
@@ -363,7 +365,7 @@ class _Loader:
         ok = True
 
         for name in entry.yaml_extra:
-            path = self._config_path(name, model)
+            path = self._cached_config_path(name, model)
             if path is None:
                 ok = False
                 continue
@@ -417,6 +419,16 @@ class _Loader:
 
     def _entry_error(self, model: Model, message: str) -> None:
         model.diagnostics.append(self.error(message, model.entry.line, entry=model.test_id))
+
+    def _cached_config_path(self, name: str, model: Model) -> Path | None:
+        # Resolving paths touches the file system; a registry names few files many times.
+        if name in self._path_cache:
+            path = self._path_cache[name]
+            if path is None:
+                self._config_path(name, model)  # report the problem for this entry too
+            return path
+        path = self._path_cache[name] = self._config_path(name, model)
+        return path
 
     def _config_path(self, name: str, model: Model) -> Path | None:
         configs_dir = self.registry.configs_dir

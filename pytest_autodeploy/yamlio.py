@@ -24,6 +24,7 @@ KeyPath = Tuple[Union[str, int], ...]
 _MAP_TAG = "tag:yaml.org,2002:map"
 _SEQ_TAG = "tag:yaml.org,2002:seq"
 _MERGE_TAG = "tag:yaml.org,2002:merge"
+_STR_TAG = "tag:yaml.org,2002:str"
 
 
 @dataclass
@@ -69,6 +70,8 @@ class _Builder:
         self.problems: list[Diagnostic] = []
         # Aliases point at nodes already seen. A recursive alias would loop forever.
         self._active: set[int] = set()
+        # Number of pairs that merge keys added to each mapping node, by node id.
+        self._merged_counts: dict[int, int] = {}
 
     def problem(self, message: str, node: Any) -> None:
         self.problems.append(
@@ -81,6 +84,12 @@ class _Builder:
         )
 
     def build(self, node: Any, key_path: KeyPath) -> Any:
+        if isinstance(node, yaml.ScalarNode):
+            # Plain strings are most of a registry; skip the constructor for them.
+            if node.tag == _STR_TAG:
+                return node.value
+            return self._build_scalar(node)
+
         if id(node) in self._active:
             self.problem("recursive YAML alias; expand the anchor by hand", node)
             return None
@@ -124,13 +133,18 @@ class _Builder:
 
         # Merge keys (<<: *anchor) are legal YAML. Their pairs come first and
         # explicit keys may override them, so only explicit keys count as duplicates.
-        explicit_count = sum(1 for key, _ in node.value if key.tag != _MERGE_TAG)
-        try:
-            self.loader.flatten_mapping(node)
-        except yaml.constructor.ConstructorError as error:
-            self.problem(f"invalid YAML merge key: {error.problem}", node)
-            return {}
-        merged_count = len(node.value) - explicit_count
+        # flatten_mapping rewrites the node in place, so a node reached again
+        # through an alias reuses the count taken before its first flattening.
+        merged_count = self._merged_counts.get(id(node))
+        if merged_count is None:
+            explicit_count = sum(1 for key, _ in node.value if key.tag != _MERGE_TAG)
+            try:
+                self.loader.flatten_mapping(node)
+            except yaml.constructor.ConstructorError as error:
+                self.problem(f"invalid YAML merge key: {error.problem}", node)
+                return {}
+            merged_count = len(node.value) - explicit_count
+            self._merged_counts[id(node)] = merged_count
 
         result: dict[Any, Any] = {}
         first_lines: dict[Any, int | None] = {}
@@ -200,8 +214,9 @@ def load_yaml(path: Path) -> YamlDocument:
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as error:
+        line = error.object[: error.start].count(b"\n") + 1
         raise YamlLoadError(
-            [Diagnostic(f"file is not valid UTF-8 (byte {error.start}); save it as UTF-8", path=path)]
+            [Diagnostic(f"file is not valid UTF-8 (byte {error.start}); save it as UTF-8", path=path, line=line)]
         ) from None
     except OSError as error:
         raise YamlLoadError(

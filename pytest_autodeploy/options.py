@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from .runners import CommandTemplate, TemplateError
+from .shards import ShardSpecError, parse_shard_spec
 
 # Every option has an ini twin: --autodeploy-foo-bar <-> autodeploy_foo_bar.
 # Each tuple: (option, ini type, help). Option flags and parsing live below.
@@ -83,6 +84,27 @@ def add_options(parser: pytest.Parser) -> None:
         metavar="FILE",
     )
     add(
+        "--autodeploy-shard",
+        "string",
+        "Run only shard K of N (e.g. 2/4) of the selected models, balanced by "
+        "GPU-seconds; identical on every runner",
+        metavar="K/N",
+    )
+    add(
+        "--autodeploy-changed-since",
+        "string",
+        "Run only models whose merged config or world size differs from the "
+        "registry at this git ref, plus new models",
+        metavar="REF",
+    )
+    add(
+        "--autodeploy-strict-xfail",
+        "bool",
+        "Fail a model marked xfail in the registry when it passes (\"now passes; remove xfail\")",
+        action="store_true",
+        default=None,
+    )
+    add(
         "--autodeploy-lock-dir",
         "string",
         "Folder of the machine-wide GPU lock files shared by every session on this host "
@@ -116,6 +138,9 @@ class Settings:
     strict_gpus: bool
     lock_dir: Path | None
     durations_path: Path | None = None
+    shard: tuple[int, int] | None = None
+    changed_since: str | None = None
+    strict_xfail: bool = False
 
     @property
     def enabled(self) -> bool:
@@ -148,6 +173,14 @@ def resolve_settings(config: pytest.Config) -> Settings:
     lock_dir = _get(config, "autodeploy_lock_dir")
     gpus_spec = _get(config, "autodeploy_gpus")
     durations = _get(config, "autodeploy_durations")
+    shard = None
+    shard_text = _get(config, "autodeploy_shard")
+    if shard_text:
+        try:
+            shard = parse_shard_spec(str(shard_text))
+        except ShardSpecError as error:
+            raise pytest.UsageError(str(error)) from None
+
     return Settings(
         registry_arg=config.getoption("autodeploy_registry", default=None),
         command=command,
@@ -156,4 +189,7 @@ def resolve_settings(config: pytest.Config) -> Settings:
         strict_gpus=_ini_bool(_get(config, "autodeploy_strict_gpus") or False),
         lock_dir=Path(lock_dir).expanduser() if lock_dir else None,
         durations_path=Path(durations).expanduser() if durations else None,
+        shard=shard,
+        changed_since=_get(config, "autodeploy_changed_since") or None,
+        strict_xfail=_ini_bool(_get(config, "autodeploy_strict_xfail") or False),
     )

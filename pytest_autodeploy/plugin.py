@@ -202,9 +202,15 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Col
     return None
 
 
+@pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if _STATE_KEY not in config.stash:
         return
+    state = get_state(config)
+
+    # trylast: -k and -m have deselected already, so selection composes with them.
+    if state.settings.shard is not None:
+        _keep(config, items, _shard_selection(state, items))
     # Lints become pytest warnings, placed at the registry line they are about.
     for warning in get_state(config).registry.warnings:
         warnings.warn_explicit(
@@ -213,6 +219,32 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             filename=str(warning.path),
             lineno=warning.line or 1,
         )
+
+
+def _item_key(item: pytest.Item) -> str:
+    return item.model.test_id if isinstance(item, ModelItem) else item.nodeid
+
+
+def _keep(config: pytest.Config, items: list[pytest.Item], keep: set[str]) -> None:
+    """Deselect every item whose key is not in ``keep``, as -k and -m do."""
+    selected = [item for item in items if _item_key(item) in keep]
+    deselected = [item for item in items if _item_key(item) not in keep]
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = selected
+
+
+def _shard_selection(state: SessionState, items: list[pytest.Item]) -> set[str]:
+    from .shards import split_shards
+
+    k, n = state.settings.shard
+    weighted = []
+    for item in items:
+        world_size = item.model.world_size if isinstance(item, ModelItem) else 1
+        key = _item_key(item)
+        weighted.append((key, world_size * estimate_seconds(key, world_size, state.durations)))
+    shards = split_shards(weighted, n)
+    return set(shards[k - 1])
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -271,6 +303,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if report.failed:
         report.outcome = "skipped"
         report.wasxfail = reason
+    elif report.passed and get_state(item.config).settings.strict_xfail:
+        report.outcome = "failed"
+        report.longrepr = f"{item.model.test_id} now passes; remove xfail (its reason was: {reason})"
     elif report.passed:
         report.wasxfail = reason
     return report

@@ -72,7 +72,9 @@ def lint_registry(registry: Registry) -> list[Diagnostic]:
 
     for model in registry.models:
         entry = model.entry
-        used.update(model.config_files)
+        # Count the names, not model.config_files, which stays empty when
+        # another file of the entry is missing or invalid.
+        used.update(registry.configs_dir / name for name in entry.yaml_extra)
 
         if has_baseline and (not entry.yaml_extra or entry.yaml_extra[0] != BASELINE_CONFIG):
             warn(f"{model.test_id}: {BASELINE_CONFIG} is not first in yaml_extra; list it first so it sets the baseline", entry.line, model.test_id)
@@ -104,6 +106,7 @@ def lint_registry(registry: Registry) -> list[Diagnostic]:
 
     for path in registry.config_files():
         if path not in used:
-            warn("config file is not used by any entry; use it or delete it", None, path=path)
+            # Line 1 keeps the FILE:LINE form that editors and CI annotations parse.
+            warn("config file is not used by any entry; use it or delete it", 1, path=path)
 
     return warnings

@@ -11,9 +11,8 @@ import pytest
 from .runners import CommandTemplate, TemplateError
 from .shards import ShardSpecError, parse_shard_spec
 
-# Every option has an ini twin: --autodeploy-foo-bar <-> autodeploy_foo_bar.
-# Each tuple: (option, ini type, help). Option flags and parsing live below.
-_NOT_GIVEN = object()
+# Every option has an ini twin: --autodeploy-foo-bar <-> autodeploy_foo_bar,
+# with the same help text. A command-line value wins over the ini value.
 
 
 def _positive_seconds(value: str) -> float:
@@ -116,7 +115,7 @@ def add_options(parser: pytest.Parser) -> None:
 def _get(config: pytest.Config, name: str) -> Any:
     """Return the option value if given on the command line, else the ini value."""
     value = config.getoption(name, default=None)
-    if value is None or value == _NOT_GIVEN:
+    if value is None:
         value = config.getini(name)
     return value
 

@@ -326,13 +326,19 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
     return None
 
 
+def _dist_given(config: pytest.Config) -> bool:
+    """Return True when the user chose an xdist mode with --dist or -d."""
+    args = config.invocation_params.args
+    return any(arg == "-d" or arg == "--dist" or arg.startswith("--dist=") for arg in args)
+
+
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """Schedule registry items by GPU-seconds with backfill when they run on GPUs."""
     if _STATE_KEY not in config.stash:
         return None
     state = get_state(config)
-    if not state.uses_gpus or state.inventory.count == 0:
+    if not state.uses_gpus or state.inventory.count == 0 or _dist_given(config):
         return None
 
     from xdist.report import report_collection_diff

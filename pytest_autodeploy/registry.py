@@ -31,8 +31,8 @@ ENTRY_KEYS = ("name", "yaml_extra", "config_id", "xfail", "skip")
 
 # Characters that pytest's -k and -m expressions accept inside one identifier;
 # a name with anything else (a space, a quote, a control character) could not
-# be selected with -k, so the loader rejects it. Match them with fullmatch,
-# because "$" would also accept a trailing newline.
+# be selected with -k, so the loader rejects it.
+# Use fullmatch with these: a "$" anchor would also accept a trailing newline.
 _SELECTABLE_NAME = re.compile(r"[\w.+\-/:]+")
 _CONFIG_ID = re.compile(r"[\w.+\-]+")
 
@@ -191,7 +191,7 @@ class _Loader:
             kind = "empty" if data is None else f"a {type(data).__name__}"
             self.error(
                 f"{MODELS_FILE} is {kind}; it must be a mapping with version: '{SUPPORTED_VERSION}' and a models: list",
-                document.line_of(()),
+                document.line_of(()) or 1,
             )
             return []
 

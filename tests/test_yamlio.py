@@ -1,0 +1,349 @@
+"""Unit tests for the safe, line-tracking YAML loader."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from pytest_autodeploy.yamlio import YamlLoadError, load_yaml, parse_yaml
+
+PATH = Path("configs/example.yaml")
+
+
+def parse(text: str):
+    return parse_yaml(textwrap.dedent(text), PATH)
+
+
+def parse_errors(text: str) -> list[str]:
+    with pytest.raises(YamlLoadError) as caught:
+        parse(text)
+    return [diagnostic.format() for diagnostic in caught.value.diagnostics]
+
+
+def test_parse_plain_data() -> None:
+    document = parse(
+        """\
+        max_batch_size: 8
+        runtime: trtllm
+        cuda_graph_config:
+          enable_padding: true
+          batch_sizes: [1, 2, 4]
+        """
+    )
+
+    assert document.data == {
+        "max_batch_size": 8,
+        "runtime": "trtllm",
+        "cuda_graph_config": {"enable_padding": True, "batch_sizes": [1, 2, 4]},
+    }
+    assert document.path == PATH
+
+
+def test_parse_records_key_lines() -> None:
+    document = parse(
+        """\
+        # a comment first
+        runtime: trtllm
+        cuda_graph_config:
+          enable_padding: true
+        models:
+        - name: org/a
+        - name: org/b
+        """
+    )
+
+    assert document.line_of(()) == 2
+    assert document.line_of(("runtime",)) == 2
+    assert document.line_of(("cuda_graph_config",)) == 3
+    assert document.line_of(("cuda_graph_config", "enable_padding")) == 4
+    assert document.line_of(("models", 0)) == 6
+    assert document.line_of(("models", 1)) == 7
+    assert document.line_of(("models", 1, "name")) == 7
+
+
+def test_line_of_falls_back_to_parent() -> None:
+    document = parse(
+        """\
+        first: 1
+        compile:
+          backend: torch
+        """
+    )
+
+    assert document.line_of(("compile", "missing")) == 2
+    assert document.line_of(("missing",)) == 1
+
+
+def test_parse_empty_text() -> None:
+    document = parse("")
+
+    assert document.data is None
+    assert document.line_of(("anything",)) is None
+
+
+def test_parse_comment_only_text() -> None:
+    document = parse("# nothing set here\n")
+
+    assert document.data is None
+
+
+def test_parse_empty_mapping() -> None:
+    document = parse("{}\n")
+
+    assert document.data == {}
+
+
+def test_parse_keeps_yaml_1_1_scalars() -> None:
+    # PyYAML implements YAML 1.1: 1e0 has no dot, so it stays a string, and
+    # an unquoted 2.0 is a float. The registry checks rely on these types.
+    document = parse(
+        """\
+        exponent: 1e0
+        version: 2.0
+        quoted: '4'
+        flag: true
+        """
+    )
+
+    assert document.data["exponent"] == "1e0"
+    assert document.data["version"] == 2.0
+    assert document.data["quoted"] == "4"
+    assert document.data["flag"] is True
+
+
+def test_duplicate_key_top_level() -> None:
+    errors = parse_errors(
+        """\
+        max_batch_size: 8
+        runtime: trtllm
+        max_batch_size: 16
+        """
+    )
+
+    assert errors == [
+        "configs/example.yaml:3:1: error: duplicate key 'max_batch_size' (first set on line 1); "
+        "YAML keeps only the last value, so remove one of them"
+    ]
+
+
+def test_duplicate_key_nested() -> None:
+    errors = parse_errors(
+        """\
+        cuda_graph_config:
+          enable_padding: true
+          batch_sizes: [1]
+          enable_padding: false
+        """
+    )
+
+    assert errors == [
+        "configs/example.yaml:4:3: error: duplicate key 'enable_padding' (first set on line 2); "
+        "YAML keeps only the last value, so remove one of them"
+    ]
+
+
+def test_duplicate_keys_all_reported() -> None:
+    errors = parse_errors(
+        """\
+        a: 1
+        a: 2
+        b:
+          c: 1
+          c: 2
+        """
+    )
+
+    assert len(errors) == 2
+    assert errors[0].startswith("configs/example.yaml:2:1: error: duplicate key 'a' (first set on line 1)")
+    assert errors[1].startswith("configs/example.yaml:5:3: error: duplicate key 'c' (first set on line 4)")
+
+
+def test_duplicate_key_in_flow_mapping() -> None:
+    errors = parse_errors("settings: {a: 1, a: 2}\n")
+
+    assert errors == [
+        "configs/example.yaml:1:18: error: duplicate key 'a' (first set on line 1); "
+        "YAML keeps only the last value, so remove one of them"
+    ]
+
+
+def test_merge_key_override_allowed() -> None:
+    document = parse(
+        """\
+        base: &base
+          runtime: trtllm
+          max_batch_size: 8
+        derived:
+          <<: *base
+          max_batch_size: 16
+        """
+    )
+
+    assert document.data["derived"] == {"runtime": "trtllm", "max_batch_size": 16}
+    assert document.data["base"] == {"runtime": "trtllm", "max_batch_size": 8}
+
+
+def test_merge_key_node_reused_by_alias() -> None:
+    # Building "other" reaches the already flattened "derived" node again; its
+    # merged pairs must not count as duplicates the second time.
+    document = parse(
+        """\
+        base: &base {x: 1, y: 1}
+        derived: &derived
+          <<: *base
+          x: 2
+        other: *derived
+        """
+    )
+
+    assert document.data["derived"] == {"x": 2, "y": 1}
+    assert document.data["other"] == {"x": 2, "y": 1}
+
+
+def test_merge_key_explicit_duplicate() -> None:
+    errors = parse_errors(
+        """\
+        base: &base {x: 1}
+        derived:
+          <<: *base
+          x: 2
+          x: 3
+        """
+    )
+
+    assert errors == [
+        "configs/example.yaml:5:3: error: duplicate key 'x' (first set on line 4); "
+        "YAML keeps only the last value, so remove one of them"
+    ]
+
+
+def test_invalid_yaml_location() -> None:
+    errors = parse_errors(
+        """\
+        runtime: trtllm
+        cuda_graph_config:
+          enable_padding: true
+         batch_sizes: [1, 2]
+        """
+    )
+
+    assert errors == [
+        "configs/example.yaml:4:2: error: invalid YAML: did not find expected key; fix the syntax"
+    ]
+
+
+def test_invalid_yaml_unclosed_flow() -> None:
+    errors = parse_errors("yaml_extra: [a.yaml, b.yaml\nother: 1\n")
+
+    assert len(errors) == 1
+    assert errors[0].startswith("configs/example.yaml:2:6: error: invalid YAML: ")
+
+
+def test_multiple_documents_rejected() -> None:
+    errors = parse_errors("a: 1\n---\nb: 2\n")
+
+    assert errors == [
+        "configs/example.yaml:2:1: error: invalid YAML: but found another document; fix the syntax"
+    ]
+
+
+def test_python_tag_not_executed(tmp_path: Path) -> None:
+    marker = tmp_path / "executed"
+    config = tmp_path / "evil.yaml"
+    config.write_text(f'payload: !!python/object/apply:os.system ["touch {marker}"]\n')
+
+    with pytest.raises(YamlLoadError) as caught:
+        load_yaml(config)
+
+    assert not marker.exists()
+    assert [diagnostic.format() for diagnostic in caught.value.diagnostics] == [
+        f"{config}:1:10: error: YAML tag 'tag:yaml.org,2002:python/object/apply:os.system' "
+        "is not allowed; use a plain list"
+    ]
+
+
+def test_python_name_tag_rejected() -> None:
+    errors = parse_errors("call: !!python/name:os.system\n")
+
+    assert errors == [
+        "configs/example.yaml:1:7: error: YAML tag 'tag:yaml.org,2002:python/name:os.system' "
+        "is not allowed; use plain YAML values"
+    ]
+
+
+def test_python_object_mapping_rejected() -> None:
+    errors = parse_errors("thing: !!python/object:os.PathLike {a: 1}\n")
+
+    assert errors == [
+        "configs/example.yaml:1:8: error: YAML tag 'tag:yaml.org,2002:python/object:os.PathLike' "
+        "is not allowed; use a plain mapping"
+    ]
+
+
+def test_local_tag_rejected() -> None:
+    errors = parse_errors("value: !custom text\n")
+
+    assert errors == [
+        "configs/example.yaml:1:8: error: YAML tag '!custom' is not allowed; use plain YAML values"
+    ]
+
+
+def test_set_tag_rejected() -> None:
+    errors = parse_errors("values: !!set {a, b}\n")
+
+    assert errors == [
+        "configs/example.yaml:1:9: error: YAML tag 'tag:yaml.org,2002:set' is not allowed; use a plain mapping"
+    ]
+
+
+def test_recursive_alias_rejected() -> None:
+    # An alias shares its anchor's node, so the error points at the anchor.
+    errors = parse_errors("loop: &loop [1, *loop]\n")
+
+    assert errors == [
+        "configs/example.yaml:1:7: error: recursive YAML alias; expand the anchor by hand"
+    ]
+
+
+def test_unhashable_key_rejected() -> None:
+    errors = parse_errors("? [a, b]\n: value\n")
+
+    assert errors == [
+        "configs/example.yaml:1:3: error: a mapping key must be a scalar, not a list or mapping"
+    ]
+
+
+def test_load_yaml_reads_file(tmp_path: Path) -> None:
+    config = tmp_path / "world_size_2.yaml"
+    config.write_text("tensor_parallel_size: 2\n")
+
+    document = load_yaml(config)
+
+    assert document.data == {"tensor_parallel_size": 2}
+    assert document.path == config
+    assert document.line_of(("tensor_parallel_size",)) == 1
+
+
+def test_load_yaml_missing_file(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.yaml"
+
+    with pytest.raises(YamlLoadError) as caught:
+        load_yaml(missing)
+
+    assert [diagnostic.format() for diagnostic in caught.value.diagnostics] == [
+        f"{missing}: error: cannot read file: No such file or directory"
+    ]
+
+
+def test_load_yaml_not_utf8(tmp_path: Path) -> None:
+    config = tmp_path / "latin1.yaml"
+    config.write_bytes(b"runtime: trtllm\nname: caf\xe9\n")
+
+    with pytest.raises(YamlLoadError) as caught:
+        load_yaml(config)
+
+    assert [diagnostic.format() for diagnostic in caught.value.diagnostics] == [
+        f"{config}:2: error: file is not valid UTF-8 (byte 25); save it as UTF-8"
+    ]

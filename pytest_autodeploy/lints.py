@@ -68,13 +68,13 @@ def lint_registry(registry: Registry) -> list[Diagnostic]:
         )
 
     has_baseline = (registry.configs_dir / BASELINE_CONFIG).is_file()
-    used: set = set()
+    used_names: set[str] = set()
 
     for model in registry.models:
         entry = model.entry
         # Count the names, not model.config_files, which stays empty when
         # another file of the entry is missing or invalid.
-        used.update(registry.configs_dir / name for name in entry.yaml_extra)
+        used_names.update(entry.yaml_extra)
 
         if has_baseline and (not entry.yaml_extra or entry.yaml_extra[0] != BASELINE_CONFIG):
             warn(f"{model.test_id}: {BASELINE_CONFIG} is not first in yaml_extra; list it first so it sets the baseline", entry.line, model.test_id)
@@ -104,6 +104,7 @@ def lint_registry(registry: Registry) -> list[Diagnostic]:
                     model.test_id,
                 )
 
+    used = {registry.configs_dir / name for name in used_names}
     for path in registry.config_files():
         if path not in used:
             # Line 1 keeps the FILE:LINE form that editors and CI annotations parse.

@@ -154,8 +154,12 @@ def pytest_configure(config: pytest.Config) -> None:
         return
 
     path, source = _find_registry(config, settings)
+    # pytest's cache folder keeps a parsed copy of a large models.yaml, which
+    # every xdist worker would otherwise parse again.
+    cache = getattr(config, "cache", None)
+    cache_dir = cache.mkdir("autodeploy-yaml") if cache is not None else None
     try:
-        registry = load_registry(path)
+        registry = load_registry(path, cache_dir)
     except RegistryError as error:
         raise pytest.UsageError(f"{error.format()} ({source})") from None
     _register_markers(config, registry)

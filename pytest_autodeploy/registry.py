@@ -48,6 +48,7 @@ class ModelEntry:
     yaml_extra: tuple[str, ...]
     xfail: str | None = None
     skip: str | None = None
+    yaml_extra_line: int | None = None
 
 
 @dataclass
@@ -160,6 +161,7 @@ class _Loader:
         # distinct list of files is merged once.
         self._config_cache: dict[Path, YamlDocument | None] = {}
         self._path_cache: dict[str, Path | None] = {}
+        self._resolved: dict[tuple[str, ...], tuple[tuple[Path, ...], MergedConfig, Any]] = {}
         self._merge_cache: dict[tuple[Path, ...], tuple[MergedConfig | None, Any, list[Diagnostic]]] = {}
 
     def error(self, message: str, line: int | None, path: Path | None = None, entry: str | None = None) -> Diagnostic:
@@ -174,12 +176,15 @@ class _Loader:
 
     # --- models.yaml --------------------------------------------------------
 
-    def load(self) -> Registry:
+    def load(self, cache_dir: Path | None = None) -> Registry:
         try:
-            document = load_yaml(self.registry.models_path)
+            document = load_yaml(self.registry.models_path, cache_dir)
         except YamlLoadError as error:
             self.diagnostics.extend(error.diagnostics)
-            return self.registry
+            if error.document is None:
+                return self.registry
+            # Keep going with what was read, so entry errors show up in this run too.
+            document = error.document
 
         entries = self._read_top_level(document)
         self._build_models(entries)
@@ -221,7 +226,7 @@ class _Loader:
             self.error("missing 'models' list; add models: with one entry per model", 1)
             return []
         models = data["models"]
-        if models is None:
+        if models is None or models == []:
             self.error("'models' is empty; add at least one entry", document.line_of(("models",)))
             return []
         if not isinstance(models, list):
@@ -302,6 +307,7 @@ class _Loader:
             yaml_extra=yaml_extra,
             xfail=reasons.get("xfail"),
             skip=reasons.get("skip"),
+            yaml_extra_line=key_line("yaml_extra"),
         )
 
     def _check_name(self, name: Any, line: int | None) -> None:
@@ -360,6 +366,14 @@ class _Loader:
 
     def _resolve(self, model: Model) -> None:
         entry = model.entry
+        # Most entries repeat a list of files seen before; reuse its result.
+        resolved = self._resolved.get(entry.yaml_extra)
+        if resolved is not None:
+            model.config_files, model.merged, world_size = resolved
+            model.world_size = world_size.value
+            model.world_size_source = world_size.source
+            return
+
         paths: list[Path] = []
         seen: dict[Path, str] = {}
         ok = True
@@ -405,6 +419,7 @@ class _Loader:
         model.merged = merged
         model.world_size = world_size.value
         model.world_size_source = world_size.source
+        self._resolved[entry.yaml_extra] = (model.config_files, merged, world_size)
 
     def _merge(self, documents: list[YamlDocument]) -> tuple[MergedConfig | None, Any, list[Diagnostic]]:
         try:
@@ -418,7 +433,9 @@ class _Loader:
         return merged, world_size, []
 
     def _entry_error(self, model: Model, message: str) -> None:
-        model.diagnostics.append(self.error(message, model.entry.line, entry=model.test_id))
+        # Problems with config paths point at the entry's yaml_extra line.
+        line = model.entry.yaml_extra_line or model.entry.line
+        model.diagnostics.append(self.error(message, line, entry=model.test_id))
 
     def _cached_config_path(self, name: str, model: Model) -> Path | None:
         # Resolving paths touches the file system; a registry names few files many times.
@@ -504,14 +521,16 @@ class _Loader:
         return document
 
 
-def load_registry(path: Path) -> Registry:
+def load_registry(path: Path, cache_dir: Path | None = None) -> Registry:
     """Load and validate a registry; problems are in ``Registry.diagnostics``.
 
-    Raises :class:`RegistryError` only when the registry itself cannot be found.
+    ``cache_dir`` is an optional folder for parsed copies of a large
+    ``models.yaml`` (see ``yamlio.load_yaml``). Raises :class:`RegistryError`
+    only when the registry itself cannot be found.
     """
     from .lints import lint_registry  # lints read a loaded registry
 
     root, models_path = resolve_registry_path(Path(path))
-    registry = _Loader(root, models_path).load()
+    registry = _Loader(root, models_path).load(cache_dir)
     registry.diagnostics.extend(lint_registry(registry))
     return registry

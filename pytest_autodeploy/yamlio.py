@@ -9,6 +9,10 @@ mapping key and sequence item.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Tuple, Union
@@ -45,10 +49,16 @@ class YamlDocument:
 
 
 class YamlLoadError(Exception):
-    """Raised with every problem found in one YAML file."""
+    """Raised with every problem found in one YAML file.
 
-    def __init__(self, diagnostics: list[Diagnostic]) -> None:
+    ``document`` is the data read despite the problems when they were only
+    duplicate keys (the last value kept), else None. A caller may use it to
+    find further problems.
+    """
+
+    def __init__(self, diagnostics: list[Diagnostic], document: YamlDocument | None = None) -> None:
         self.diagnostics = diagnostics
+        self.document = document
         super().__init__("\n".join(diagnostic.format() for diagnostic in diagnostics))
 
 
@@ -68,12 +78,17 @@ class _Builder:
         self.loader = loader
         self.lines: dict[KeyPath, int] = {}
         self.problems: list[Diagnostic] = []
+        self.data_intact = True
         # Aliases point at nodes already seen. A recursive alias would loop forever.
         self._active: set[int] = set()
         # Number of pairs that merge keys added to each mapping node, by node id.
         self._merged_counts: dict[int, int] = {}
 
-    def problem(self, message: str, node: Any) -> None:
+    def problem(self, message: str, node: Any, *, data_intact: bool = False) -> None:
+        # Only a duplicate key leaves the data as the file reads (the last
+        # value wins); any other problem replaced a value with a placeholder.
+        if not data_intact:
+            self.data_intact = False
         self.problems.append(
             Diagnostic(
                 message,
@@ -163,6 +178,7 @@ class _Builder:
                     f"duplicate key {key!r} (first set on line {first_lines[key]}); "
                     "YAML keeps only the last value, so remove one of them",
                     key_node,
+                    data_intact=True,
                 )
             if is_explicit:
                 first_lines[key] = line
@@ -204,22 +220,89 @@ def parse_yaml(text: str, path: Path) -> YamlDocument:
     finally:
         loader.dispose()
 
+    document = YamlDocument(path=path, data=data, lines=builder.lines)
     if builder.problems:
-        raise YamlLoadError(builder.problems)
-    return YamlDocument(path=path, data=data, lines=builder.lines)
+        raise YamlLoadError(builder.problems, document if builder.data_intact else None)
+    return document
 
 
-def load_yaml(path: Path) -> YamlDocument:
-    """Read and parse one YAML file; raise :class:`YamlLoadError` for any problem."""
+def load_yaml(path: Path, cache_dir: Path | None = None) -> YamlDocument:
+    """Read and parse one YAML file; raise :class:`YamlLoadError` for any problem.
+
+    With ``cache_dir``, a large file that parsed without problems is stored
+    there as JSON under the hash of its bytes, and later loads of the same
+    bytes read that instead of parsing again.
+    """
     try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as error:
-        line = error.object[: error.start].count(b"\n") + 1
-        raise YamlLoadError(
-            [Diagnostic(f"file is not valid UTF-8 (byte {error.start}); save it as UTF-8", path=path, line=line)]
-        ) from None
+        raw = path.read_bytes()
     except OSError as error:
         raise YamlLoadError(
             [Diagnostic(f"cannot read file: {error.strerror}", path=path)]
         ) from None
-    return parse_yaml(text, path)
+
+    use_cache = cache_dir is not None and len(raw) >= CACHE_MIN_BYTES
+    if use_cache:
+        cached = _read_cache(cache_dir, raw, path)
+        if cached is not None:
+            return cached
+
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = raw[: error.start].count(b"\n") + 1
+        raise YamlLoadError(
+            [Diagnostic(f"file is not valid UTF-8 (byte {error.start}); save it as UTF-8", path=path, line=line)]
+        ) from None
+
+    document = parse_yaml(text, path)
+    if use_cache:
+        _write_cache(cache_dir, raw, document)
+    return document
+
+
+# Smaller files parse faster than a cache entry can be found and read.
+CACHE_MIN_BYTES = 64 * 1024
+# Entries kept per cache folder: one per recent version of a large models.yaml.
+_CACHE_ENTRIES = 8
+# Part of the cache key, so that a change in how files are read invalidates old entries.
+_CACHE_FORMAT = b"pytest-autodeploy-yaml-1"
+
+
+def _cache_path(cache_dir: Path, raw: bytes) -> Path:
+    digest = hashlib.sha256(_CACHE_FORMAT + raw).hexdigest()
+    return cache_dir / f"{digest}.json"
+
+
+def _read_cache(cache_dir: Path, raw: bytes, path: Path) -> YamlDocument | None:
+    try:
+        stored = json.loads(_cache_path(cache_dir, raw).read_text(encoding="utf-8"))
+        lines = {tuple(key_path): line for key_path, line in stored["lines"]}
+        return YamlDocument(path=path, data=stored["data"], lines=lines)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # a missing or damaged entry only means parsing again
+
+
+def _write_cache(cache_dir: Path, raw: bytes, document: YamlDocument) -> None:
+    stored = {"data": document.data, "lines": [[list(key_path), line] for key_path, line in document.lines.items()]}
+    try:
+        text = json.dumps(stored)
+        # JSON turns non-string keys into strings and has no dates: cache only
+        # what comes back unchanged.
+        if json.loads(text) != stored:
+            return
+    except (TypeError, ValueError):
+        return
+
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        target = _cache_path(cache_dir, raw)
+        handle, temporary = tempfile.mkstemp(dir=cache_dir, suffix=".tmp")
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(text)
+        os.replace(temporary, target)
+
+        entries = sorted(cache_dir.glob("*.json"), key=lambda entry: entry.stat().st_mtime, reverse=True)
+        for old in entries[_CACHE_ENTRIES:]:
+            old.unlink(missing_ok=True)
+    except OSError:
+        pass  # the cache only saves time; a read-only folder must not fail a run

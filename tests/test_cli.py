@@ -144,7 +144,7 @@ def test_validate_missing_config_suggests_suffix(tmp_path: Path, capsys: pytest.
     assert code == 1
     lines = error_lines(out)
     assert len(lines) == 1
-    assert lines[0].startswith(f"{root / 'models.yaml'}:3: error: config file 'world_size_1.yml'")
+    assert lines[0].startswith(f"{root / 'models.yaml'}:4: error: config file 'world_size_1.yml'")
     assert "did you mean 'world_size_1.yaml'?" in lines[0]
 
 

@@ -438,7 +438,7 @@ def test_config_missing_suggests_yaml(root: Path) -> None:
     registry = load(root, HEADER + "- name: org/a\n  yaml_extra: [dashboard_default.yaml, world_size_1.yml]\n")
 
     assert errors(registry) == [
-        f"{models_file(root)}:3: error: config file 'world_size_1.yml' of org/a not found in "
+        f"{models_file(root)}:4: error: config file 'world_size_1.yml' of org/a not found in "
         f"{root / 'configs'}; did you mean 'world_size_1.yaml'?"
     ]
 
@@ -451,7 +451,7 @@ def test_config_missing_suggests_yml(root: Path) -> None:
     )
 
     assert errors(registry) == [
-        f"{models_file(root)}:3: error: config file 'tuned.yaml' of org/a not found in "
+        f"{models_file(root)}:4: error: config file 'tuned.yaml' of org/a not found in "
         f"{root / 'configs'}; did you mean 'tuned.yml'?"
     ]
 
@@ -460,7 +460,7 @@ def test_config_missing_suggests_close_name(root: Path) -> None:
     registry = load(root, HEADER + "- name: org/a\n  yaml_extra: [dashbord_default.yaml, world_size_1.yaml]\n")
 
     assert errors(registry) == [
-        f"{models_file(root)}:3: error: config file 'dashbord_default.yaml' of org/a not found in "
+        f"{models_file(root)}:4: error: config file 'dashbord_default.yaml' of org/a not found in "
         f"{root / 'configs'}; did you mean 'dashboard_default.yaml'?"
     ]
 
@@ -480,7 +480,7 @@ def test_config_path_parent(root: Path) -> None:
     registry = load(root, HEADER + "- name: org/a\n  yaml_extra: [dashboard_default.yaml, ../x.yaml]\n")
 
     assert errors(registry) == [
-        f"{models_file(root)}:3: error: config path '../x.yaml' in org/a leaves configs/; "
+        f"{models_file(root)}:4: error: config path '../x.yaml' in org/a leaves configs/; "
         f"use a file name relative to {root / 'configs'}"
     ]
 
@@ -493,7 +493,7 @@ def test_config_path_absolute(root: Path) -> None:
     registry = load(root, HEADER + f"- name: org/a\n  yaml_extra: [dashboard_default.yaml, {outside}]\n")
 
     assert errors(registry) == [
-        f"{models_file(root)}:3: error: config path '{outside}' in org/a leaves configs/; "
+        f"{models_file(root)}:4: error: config path '{outside}' in org/a leaves configs/; "
         f"use a file name relative to {root / 'configs'}"
     ]
 
@@ -507,7 +507,7 @@ def test_config_symlink_outside(root: Path) -> None:
     registry = load(root, HEADER + "- name: org/a\n  yaml_extra: [dashboard_default.yaml, link.yaml]\n")
 
     assert errors(registry) == [
-        f"{models_file(root)}:3: error: config path 'link.yaml' in org/a resolves outside configs/; "
+        f"{models_file(root)}:4: error: config path 'link.yaml' in org/a resolves outside configs/; "
         "config files must live in the registry's configs folder"
     ]
 
@@ -529,7 +529,7 @@ def test_config_listed_twice(root: Path) -> None:
     )
 
     assert errors(registry) == [
-        f"{models_file(root)}:3: error: org/a lists 'dashboard_default.yaml' twice in yaml_extra; remove one"
+        f"{models_file(root)}:4: error: org/a lists 'dashboard_default.yaml' twice in yaml_extra; remove one"
     ]
 
 
@@ -672,9 +672,9 @@ def test_config_parsed_once(root: Path, monkeypatch: pytest.MonkeyPatch) -> None
     loads: Counter[str] = Counter()
     original = registry_module.load_yaml
 
-    def counting_load_yaml(path: Path):
+    def counting_load_yaml(path: Path, cache_dir: Path | None = None):
         loads[path.name] += 1
-        return original(path)
+        return original(path, cache_dir)
 
     monkeypatch.setattr(registry_module, "load_yaml", counting_load_yaml)
     entries = "".join(
@@ -693,9 +693,9 @@ def test_broken_config_parsed_once(root: Path, monkeypatch: pytest.MonkeyPatch) 
     loads: Counter[str] = Counter()
     original = registry_module.load_yaml
 
-    def counting_load_yaml(path: Path):
+    def counting_load_yaml(path: Path, cache_dir: Path | None = None):
         loads[path.name] += 1
-        return original(path)
+        return original(path, cache_dir)
 
     monkeypatch.setattr(registry_module, "load_yaml", counting_load_yaml)
 
@@ -908,9 +908,9 @@ def test_all_errors_count(broken_registry: Registry) -> None:
         pytest.param("models.yaml", "4", "unknown key 'yaml_extras' in org/unknown-key; did you mean 'yaml_extra'?", id="unknown-key"),
         pytest.param("models.yaml", "3", "org/unknown-key is missing 'yaml_extra'", id="missing-yaml-extra"),
         pytest.param("models.yaml", "6", "yaml_extra of org/string-extra must be a list, got the string", id="string-extra"),
-        pytest.param("models.yaml", "7", "config file 'world_size_2.yml' of org/missing-file not found in", id="missing-file"),
-        pytest.param("models.yaml", "9", "config path '../outside.yaml' in org/escape leaves configs/", id="escape"),
-        pytest.param("models.yaml", "11", "org/twice lists 'world_size_1.yaml' twice in yaml_extra", id="twice"),
+        pytest.param("models.yaml", "8", "config file 'world_size_2.yml' of org/missing-file not found in", id="missing-file"),
+        pytest.param("models.yaml", "10", "config path '../outside.yaml' in org/escape leaves configs/", id="escape"),
+        pytest.param("models.yaml", "12", "org/twice lists 'world_size_1.yaml' twice in yaml_extra", id="twice"),
         pytest.param("models.yaml", "13", "name 'org/my model' contains ' '", id="name-space"),
         pytest.param("models.yaml", "17", "duplicate entry org/dup: lines 15 and 17", id="duplicate-entry"),
         pytest.param("configs/conflict.yaml", "1", "merge conflict at 'cuda_graph_config'", id="merge-conflict"),

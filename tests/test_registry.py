@@ -988,3 +988,24 @@ def test_diagnostic_format_warning_column() -> None:
 
 def test_diagnostic_format_no_path() -> None:
     assert Diagnostic("no file").format() == "<registry>: error: no file"
+
+
+def test_models_empty_list(root: Path) -> None:
+    registry = load(root, "version: '2.0'\nmodels: []\n")
+
+    assert errors(registry) == [f"{models_file(root)}:2: error: 'models' is empty; add at least one entry"]
+
+
+def test_duplicate_key_does_not_hide_entry_errors(root: Path) -> None:
+    registry = load(
+        root,
+        HEADER
+        + "- name: org/a\n  name: org/b\n  yaml_extra: [dashboard_default.yaml, world_size_1.yaml]\n"
+        + "- name: org/c\n  yaml_extras: [dashboard_default.yaml]\n",
+    )
+
+    messages = sorted(errors(registry))
+    assert len(messages) == 3
+    assert messages[0].startswith(f"{models_file(root)}:4:3: error: duplicate key 'name' (first set on line 3)")
+    assert messages[1] == f"{models_file(root)}:6: error: org/c is missing 'yaml_extra'"
+    assert messages[2].startswith(f"{models_file(root)}:7: error: unknown key 'yaml_extras' in org/c; did you mean 'yaml_extra'?")

@@ -347,3 +347,75 @@ def test_load_yaml_not_utf8(tmp_path: Path) -> None:
     assert [diagnostic.format() for diagnostic in caught.value.diagnostics] == [
         f"{config}:2: error: file is not valid UTF-8 (byte 25); save it as UTF-8"
     ]
+
+
+def big_document(entries: int) -> str:
+    lines = ["version: '2.0'", "models:"]
+    for index in range(entries):
+        lines.append(f"- name: org/model-{index}")
+        lines.append(f"  yaml_extra: [dashboard_default.yaml, world_size_{2 ** (index % 4)}.yaml]")
+    return "\n".join(lines) + "\n"
+
+
+def test_cache_reused_for_same_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "models.yaml"
+    path.write_text(big_document(2000), encoding="utf-8")
+    cache_dir = tmp_path / "cache"
+    first = load_yaml(path, cache_dir)
+
+    def parse_must_not_run(text: str, path: Path):
+        raise AssertionError("parsed again although the cache has this file")
+
+    monkeypatch.setattr("pytest_autodeploy.yamlio.parse_yaml", parse_must_not_run)
+    second = load_yaml(path, cache_dir)
+
+    assert second.data == first.data
+    assert second.lines == first.lines
+    assert second.line_of(("models", 1999, "yaml_extra")) == 4002
+
+
+def test_cache_ignores_small_files(tmp_path: Path) -> None:
+    path = tmp_path / "small.yaml"
+    path.write_text("a: 1\n", encoding="utf-8")
+    cache_dir = tmp_path / "cache"
+
+    load_yaml(path, cache_dir)
+
+    assert not cache_dir.exists()
+
+
+def test_cache_skips_data_json_changes(tmp_path: Path) -> None:
+    path = tmp_path / "models.yaml"
+    # Integer keys would come back from JSON as strings.
+    path.write_text(big_document(2000) + "extra: {1: one}\n", encoding="utf-8")
+    cache_dir = tmp_path / "cache"
+
+    document = load_yaml(path, cache_dir)
+
+    assert document.data["extra"] == {1: "one"}
+    assert list(cache_dir.glob("*.json")) == []
+
+
+def test_cache_damaged_entry_parses_again(tmp_path: Path) -> None:
+    path = tmp_path / "models.yaml"
+    path.write_text(big_document(2000), encoding="utf-8")
+    cache_dir = tmp_path / "cache"
+    expected = load_yaml(path, cache_dir).data
+    (entry,) = cache_dir.glob("*.json")
+    entry.write_text("{not json", encoding="utf-8")
+
+    document = load_yaml(path, cache_dir)
+
+    assert document.data == expected
+
+
+def test_cache_changed_file_not_stale(tmp_path: Path) -> None:
+    path = tmp_path / "models.yaml"
+    path.write_text(big_document(2000), encoding="utf-8")
+    cache_dir = tmp_path / "cache"
+    load_yaml(path, cache_dir)
+    path.write_text(big_document(2001), encoding="utf-8")
+
+    document = load_yaml(path, cache_dir)
+
+    assert len(document.data["models"]) == 2001

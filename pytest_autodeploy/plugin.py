@@ -50,6 +50,8 @@ class SessionState:
     # Seconds per model from the durations file, and those measured in this run.
     durations: dict[str, DurationRecord] = field(default_factory=dict)
     measured: dict[str, DurationRecord] = field(default_factory=dict)
+    # What --autodeploy-changed-since selected, and why.
+    changes: Any = None
     _work_dir: Path | None = None
 
     @property
@@ -176,7 +178,16 @@ def pytest_configure(config: pytest.Config) -> None:
         except DurationsFileError as error:
             raise pytest.UsageError(f"--autodeploy-durations: {error}") from None
 
-    config.stash[_STATE_KEY] = SessionState(settings, registry, source, inventory, durations=durations)
+    changes = None
+    if settings.changed_since is not None and not registry.errors:
+        from .changed import ChangedSinceError, select_changed
+
+        try:
+            changes = select_changed(registry, settings.changed_since)
+        except ChangedSinceError as error:
+            raise pytest.UsageError(f"--autodeploy-changed-since: {error}") from None
+
+    config.stash[_STATE_KEY] = SessionState(settings, registry, source, inventory, durations=durations, changes=changes)
 
     if not _is_xdist_worker(config):
         config.pluginmanager.register(DurationRecorder(get_state(config)), "autodeploy-durations")
@@ -191,10 +202,11 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
         return None
     state = get_state(config)
     registry = state.registry
-    return [
+    lines = [
         f"autodeploy: registry {registry.models_path} ({state.registry_source}), {len(registry.models)} models",
         f"autodeploy: runner {state.settings.runner_name}; GPUs: {state.inventory.describe()}",
     ]
+    return lines
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
@@ -213,6 +225,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     state = get_state(config)
 
     # trylast: -k and -m have deselected already, so selection composes with them.
+    # Shards split what the other selections leave.
+    if state.changes is not None:
+        changed = set(state.changes.selected_test_ids)
+        _keep(config, items, {_item_key(item) for item in items if not isinstance(item, ModelItem) or item.model.test_id in changed})
     if state.settings.shard is not None:
         _keep(config, items, _shard_selection(state, items))
     # Lints become pytest warnings, placed at the registry line they are about.
@@ -399,6 +415,12 @@ class DurationRecorder:
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     if _STATE_KEY not in config.stash:
         return
+    state = get_state(config)
+    if state.changes is not None:
+        terminalreporter.write_sep("=", f"autodeploy changed since {state.settings.changed_since}")
+        for line in state.changes.lines():
+            terminalreporter.write_line(line)
+
     results = _collect_results(terminalreporter)
     if not results.results:
         return

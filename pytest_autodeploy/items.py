@@ -81,6 +81,9 @@ class ModelItem(pytest.Item):
                 ("model", model.name),
                 ("config_id", model.config_id or ""),
                 ("world_size", model.world_size),
+                ("yaml_extra", list(model.entry.yaml_extra)),
+                # The command runner fills in the GPUs of the item's lease.
+                ("gpus", ""),
             ]
         )
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from .report_plugin import add_report_options
 from .runners import CommandTemplate, TemplateError
 from .shards import ShardSpecError, parse_shard_spec
 
@@ -29,6 +30,7 @@ def _positive_seconds(value: str) -> float:
 
 def add_options(parser: pytest.Parser) -> None:
     group = parser.getgroup("autodeploy", "pytest-autodeploy: model registry tests")
+    add_report_options(group, parser)
 
     def add(flag: str, ini_type: str | None, help: str, **kwargs: Any) -> None:
         dest = flag.lstrip("-").replace("-", "_")

@@ -26,6 +26,7 @@ from .items import (
 )
 from .options import Settings, add_options, resolve_settings
 from .registry import Model, Registry, load_registry
+from .report_plugin import register_report_plugin
 from .runners import RunFailure, run_check, run_model_command, write_merged_config
 from .summary import TOO_FEW_GPUS, ResultTable
 
@@ -80,7 +81,9 @@ class SessionState:
         manager = LeaseManager(self.settings.lock_dir or default_lock_dir(), self.inventory.ids)
         config_path = write_merged_config(model, self.work_dir / "configs")
         with manager.acquire(model.world_size, owner=f"{item.nodeid} (pid {os.getpid()})") as lease:
-            item.user_properties.append(("gpus", ",".join(lease.gpus)))
+            item.user_properties[:] = [
+                (name, value) for name, value in item.user_properties if name != "gpus"
+            ] + [("gpus", ",".join(lease.gpus))]
             run_model_command(
                 self.settings.command,
                 model,
@@ -153,6 +156,7 @@ def pytest_configure(config: pytest.Config) -> None:
     settings = resolve_settings(config)
     if not settings.enabled:
         _register_markers(config, None)
+        register_report_plugin(config, None)
         return
 
     path, source = _find_registry(config, settings)
@@ -165,6 +169,7 @@ def pytest_configure(config: pytest.Config) -> None:
     except RegistryError as error:
         raise pytest.UsageError(f"{error.format()} ({source})") from None
     _register_markers(config, registry)
+    register_report_plugin(config, str(registry.models_path))
 
     try:
         inventory = discover_gpus(settings.gpus_spec)

@@ -5,6 +5,7 @@ Run it as ``pytest-autodeploy COMMAND`` or ``python -m pytest_autodeploy COMMAND
 - ``validate [PATH]`` reports every error and warning as ``FILE:LINE: severity: message``.
 - ``workload [PATH] --output FILE`` writes the merged config of every entry as YAML.
 - ``explain MODEL [PATH]`` shows which file and line set each key of one entry's config.
+- ``matrix``, ``merge-durations`` and ``merge-reports`` serve nightly CI (see ``cli_ci``).
 
 Exit codes:
 
@@ -485,6 +486,9 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--config-id", metavar="ID", help="config_id of the entry, needed when MODEL has several entries")
     explain.set_defaults(handler=run_explain)
 
+    from .cli_ci import add_ci_commands  # it imports this module's helpers
+
+    add_ci_commands(commands, path_help)
     return parser
 
 

@@ -260,14 +260,19 @@ def _keep(config: pytest.Config, items: list[pytest.Item], keep: set[str]) -> No
 
 
 def _shard_selection(state: SessionState, items: list[pytest.Item]) -> set[str]:
+    # The same weights as the CI matrix (matrix.plan_shards), so that a job
+    # runs exactly the models the matrix planned for it.
+    from .matrix import model_gpu_seconds
     from .shards import split_shards
 
     k, n = state.settings.shard
     weighted = []
     for item in items:
-        world_size = item.model.world_size if isinstance(item, ModelItem) else 1
         key = _item_key(item)
-        weighted.append((key, world_size * estimate_seconds(key, world_size, state.durations)))
+        if isinstance(item, ModelItem):
+            weighted.append((key, model_gpu_seconds(item.model, state.durations)))
+        else:
+            weighted.append((key, estimate_seconds(key, 1, state.durations)))
     shards = split_shards(weighted, n)
     return set(shards[k - 1])
 

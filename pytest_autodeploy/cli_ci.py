@@ -1,0 +1,175 @@
+"""Command-line tools for nightly CI: the shard matrix and merging shard outputs.
+
+- ``matrix [PATH] --runner-gpus N --max-shard-minutes M`` prints the CI matrix
+  as one line of JSON, ready for GitHub Actions ``fromJSON``.
+- ``merge-durations OUT IN...`` merges durations files from shards.
+- ``merge-reports OUT IN...`` merges JSON reports from shards.
+
+They share ``cli.main`` and its exit codes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from .cli import CommandFailed, UsageError, load_checked
+from .durations import DurationsFileError, load_durations, merge_durations, save_durations
+from .matrix import build_matrix
+from .report import ReportFileError, build_document, load_report, write_report
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number {text!r}; give minutes such as 60") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}; it must be greater than 0")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid GPU count {text!r}; give a whole number such as 8") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"invalid GPU count {text!r}; it must be 1 or more")
+    return value
+
+
+def run_matrix(args: argparse.Namespace) -> int:
+    checked = load_checked(args.path)
+    if checked.errors:
+        for diagnostic in checked.errors:
+            print(diagnostic.format(), file=sys.stderr)
+        raise CommandFailed(f"the registry has {len(checked.errors)} errors; run validate for details")
+
+    table = {}
+    if args.durations is not None:
+        try:
+            table = load_durations(args.durations)
+        except DurationsFileError as error:
+            raise CommandFailed(str(error)) from None
+
+    try:
+        matrix = build_matrix(
+            checked.registry, table, args.runner_gpus, args.max_shard_minutes, registry_arg=args.path
+        )
+    except ValueError as error:
+        raise CommandFailed(str(error)) from None
+
+    # $GITHUB_OUTPUT takes one line per value, so the JSON has no newlines.
+    print(json.dumps(matrix, separators=(",", ":")))
+    return 0
+
+
+def _existing_inputs(inputs: list[str]) -> list[Path]:
+    paths = [Path(name) for name in inputs]
+    missing = [str(path) for path in paths if not path.is_file()]
+    if missing:
+        raise UsageError(f"input file not found: {', '.join(missing)}")
+    return paths
+
+
+def run_merge_durations(args: argparse.Namespace) -> int:
+    # Every input is read before OUT is written, so OUT may also be an input.
+    tables = []
+    for path in _existing_inputs(args.inputs):
+        try:
+            tables.append(load_durations(path))
+        except DurationsFileError as error:
+            raise CommandFailed(str(error)) from None
+
+    merged = merge_durations(*tables)
+    save_durations(args.output, merged)
+    print(f"merged {len(tables)} durations files into {args.output}: {len(merged)} models", file=sys.stderr)
+    return 0
+
+
+def _report_header(path: Path) -> dict[str, Any]:
+    # load_report has validated the file already, so the top-level fields exist.
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def run_merge_reports(args: argparse.Namespace) -> int:
+    records = []
+    headers = []
+    seen: dict[str, Path] = {}
+    for path in _existing_inputs(args.inputs):
+        try:
+            shard_records = load_report(path)
+        except ReportFileError as error:
+            raise CommandFailed(str(error)) from None
+
+        # Shards that ran the same test read different durations files.
+        for record in shard_records:
+            if record.nodeid in seen:
+                raise CommandFailed(
+                    f"{record.nodeid} is in both {seen[record.nodeid]} and {path}; "
+                    "every shard must read the same durations file"
+                )
+            seen[record.nodeid] = path
+        records.extend(shard_records)
+        headers.append(_report_header(path))
+
+    started = min((header.get("started") for header in headers if header.get("started")), default=None)
+    finished_times = [header.get("finished") for header in headers]
+    registries = {header.get("registry") for header in headers}
+    document = build_document(
+        records,
+        started=started or "",
+        finished=max(finished_times) if all(finished_times) else None,
+        complete=all(header.get("complete") is True for header in headers),
+        registry=registries.pop() if len(registries) == 1 else None,
+    )
+    write_report(args.output, document)
+    print(f"merged {len(headers)} reports into {args.output}: {len(records)} models", file=sys.stderr)
+    return 0
+
+
+def add_ci_commands(commands: Any, path_help: str) -> None:
+    """Add the CI subcommands to the ``pytest-autodeploy`` parser."""
+    matrix = commands.add_parser(
+        "matrix",
+        help="Print the CI matrix of shards as JSON",
+        description="Print one JSON line {\"include\": [...]} with one job per (world size, shard): its pytest "
+        "arguments, the GPUs its runner needs and its estimated minutes. Use it with GitHub Actions fromJSON.",
+    )
+    matrix.add_argument("path", nargs="?", metavar="PATH", help=path_help)
+    matrix.add_argument(
+        "--runner-gpus", type=_positive_int, required=True, metavar="N", help="GPUs per CI runner, e.g. 8"
+    )
+    matrix.add_argument(
+        "--max-shard-minutes",
+        type=_positive_float,
+        required=True,
+        metavar="M",
+        help="Split a world-size group into shards of at most this many estimated minutes",
+    )
+    matrix.add_argument("--durations", metavar="FILE", help="Durations file from earlier runs, for better estimates")
+    matrix.set_defaults(handler=run_matrix)
+
+    merge_durations_parser = commands.add_parser(
+        "merge-durations",
+        help="Merge durations files written by shards",
+        description="Merge durations files; per model the newest record wins. OUT is replaced atomically and may "
+        "also be one of the inputs.",
+    )
+    merge_durations_parser.add_argument("output", metavar="OUT", help="File to write")
+    merge_durations_parser.add_argument("inputs", nargs="+", metavar="IN", help="Durations files to merge")
+    merge_durations_parser.set_defaults(handler=run_merge_durations)
+
+    merge_reports = commands.add_parser(
+        "merge-reports",
+        help="Merge JSON reports written by shards",
+        description="Merge --autodeploy-report files into one; totals are recomputed and the result is complete "
+        "only if every shard's report is. A test present in two inputs is an error.",
+    )
+    merge_reports.add_argument("output", metavar="OUT", help="File to write, replaced atomically")
+    merge_reports.add_argument("inputs", nargs="+", metavar="IN", help="Report files to merge")
+    merge_reports.set_defaults(handler=run_merge_reports)

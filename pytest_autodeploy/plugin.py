@@ -54,6 +54,8 @@ class SessionState:
     # What --autodeploy-changed-since selected, and why.
     changes: Any = None
     _work_dir: Path | None = None
+    # pytest's temporary folders rotate, so work folders do not pile up.
+    tmp_path_factory: Any = None
 
     @property
     def uses_gpus(self) -> bool:
@@ -66,7 +68,8 @@ class SessionState:
     def work_dir(self) -> Path:
         """A private folder for merged configs and command logs of this process."""
         if self._work_dir is None:
-            self._work_dir = Path(tempfile.mkdtemp(prefix="pytest-autodeploy-"))
+            base = self.tmp_path_factory.getbasetemp() if self.tmp_path_factory is not None else None
+            self._work_dir = Path(tempfile.mkdtemp(prefix="autodeploy-", dir=base))
         return self._work_dir
 
     def run_item(self, item: ModelItem) -> None:
@@ -94,12 +97,13 @@ class SessionState:
                 pass_fds=lease.fds,
             )
 
+    def too_few_gpus_reason(self, model: Model) -> str:
+        return f"needs {model.world_size} GPUs, this node has {self.inventory.count}"
+
     def _check_gpu_count(self, item: ModelItem) -> None:
-        needed = item.model.world_size or 0
-        available = self.inventory.count
-        if needed <= available:
+        if (item.model.world_size or 0) <= self.inventory.count:
             return
-        reason = f"needs {needed} GPUs, this node has {available}"
+        reason = self.too_few_gpus_reason(item.model)
         item.user_properties.append((TOO_FEW_GPUS, True))
         if self.settings.strict_gpus:
             raise RunFailure(f"{reason} (--autodeploy-strict-gpus)")
@@ -192,7 +196,17 @@ def pytest_configure(config: pytest.Config) -> None:
         except ChangedSinceError as error:
             raise pytest.UsageError(f"--autodeploy-changed-since: {error}") from None
 
-    config.stash[_STATE_KEY] = SessionState(settings, registry, source, inventory, durations=durations, changes=changes)
+    # NOTE: _tmp_path_factory is pytest's private handle on the factory behind
+    # tmp_path; without it the work folders go to the system temp folder.
+    config.stash[_STATE_KEY] = SessionState(
+        settings,
+        registry,
+        source,
+        inventory,
+        durations=durations,
+        changes=changes,
+        tmp_path_factory=getattr(config, "_tmp_path_factory", None),
+    )
 
     if not _is_xdist_worker(config):
         config.pluginmanager.register(DurationRecorder(get_state(config)), "autodeploy-durations")
@@ -236,6 +250,22 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         _keep(config, items, {_item_key(item) for item in items if not isinstance(item, ModelItem) or item.model.test_id in changed})
     if state.settings.shard is not None:
         _keep(config, items, _shard_selection(state, items))
+
+    # A model too big for this node is skipped at collection, so its skip
+    # names the model. Strict mode fails it when it runs instead.
+    if state.uses_gpus and not state.settings.strict_gpus:
+        for item in items:
+            if isinstance(item, ModelItem) and (item.model.world_size or 0) > state.inventory.count:
+                item.add_marker(pytest.mark.skip(reason=state.too_few_gpus_reason(item.model)))
+                item.user_properties.append((TOO_FEW_GPUS, True))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection(session: pytest.Session) -> None:
+    config = session.config
+    # Only the process that reports: each xdist worker would repeat every lint.
+    if _STATE_KEY not in config.stash or _is_xdist_worker(config):
+        return
     # Lints become pytest warnings, placed at the registry line they are about.
     for warning in get_state(config).registry.warnings:
         warnings.warn_explicit(
@@ -345,15 +375,18 @@ def _is_xdist_worker(config: pytest.Config) -> bool:
     return hasattr(config, "workerinput")
 
 
-@pytest.hookimpl(optionalhook=True)
+@pytest.hookimpl(optionalhook=True, tryfirst=True)
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
     """With ``-n auto`` and a command runner, start one worker per GPU."""
-    if _STATE_KEY not in config.stash:
+    # xdist asks before pytest_configure has run, so resolve what is needed here.
+    settings = resolve_settings(config)
+    if not settings.enabled or settings.command is None:
         return None
-    state = get_state(config)
-    if state.uses_gpus and state.inventory.count > 0:
-        return state.inventory.count
-    return None
+    try:
+        count = discover_gpus(settings.gpus_spec).count
+    except GpuSpecError:
+        return None  # pytest_configure reports the invalid value
+    return count if count > 0 else None
 
 
 def _dist_given(config: pytest.Config) -> bool:
@@ -384,6 +417,7 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
         gpu_count=state.inventory.count,
         job_for=jobs_from_models((), state.world_sizes(), estimate, state.inventory.count),
         report_collection_diff=report_collection_diff,
+        config=config,
     )
 
 

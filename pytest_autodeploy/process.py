@@ -2,8 +2,8 @@
 
 The command runs as an argv list, never through a shell. It starts in a new
 session so that a timeout or Ctrl-C can kill the whole process group,
-children included. On Linux it also goes through a small launcher that asks
-the kernel to kill it if the pytest process dies first.
+children included. On Linux it also goes through a small launcher that
+kills the whole group if the pytest process dies first.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def _kill_group(process: subprocess.Popen, grace: float) -> None:
 
 
 def launcher_argv(argv: Sequence[str]) -> list[str]:
-    """Prefix argv with the launcher that ties the command's life to ours (Linux only)."""
+    """Prefix argv with the launcher that ties the life of the command's group to ours (Linux only)."""
     if sys.platform.startswith("linux"):
         return [sys.executable, "-m", "pytest_autodeploy._launch", *argv]
     return list(argv)

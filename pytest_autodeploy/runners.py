@@ -18,6 +18,9 @@ from .registry import Model, Registry
 from .schema import SchemaFileError, validate_config
 
 PLACEHOLDERS = ("model", "config", "world_size", "config_id", "gpus")
+# Sample values that check a template's format specs at parse time. They are
+# strings, because every value is a string when the template is rendered.
+_SAMPLE_VALUES = {"model": "org/model", "config": "/tmp/config.yaml", "world_size": "1", "config_id": "id", "gpus": "0"}
 
 
 class RunFailure(Exception):
@@ -55,6 +58,21 @@ def run_check(model: Model, registry: Registry) -> None:
         raise RunFailure("\n".join(problem.format() for problem in problems))
 
 
+def _placeholder_names(token: str) -> list[str]:
+    """Return every field name in ``token``, also those nested in a format spec such as ``{model:{gpus}}``.
+
+    Raises ``ValueError`` for unbalanced braces.
+    """
+    names = []
+    for _, field, spec, _ in string.Formatter().parse(token):
+        if field is None:
+            continue
+        names.append(field)
+        if spec:
+            names.extend(_placeholder_names(spec))
+    return names
+
+
 @dataclass(frozen=True)
 class CommandTemplate:
     """A command line with placeholders, split into argv before substitution.
@@ -75,16 +93,20 @@ class CommandTemplate:
         if not argv:
             raise TemplateError("--autodeploy-command is empty; give a command such as 'my-runner --model {model}'")
 
-        formatter = string.Formatter()
         for token in argv:
             try:
-                fields = [field for _, field, _, _ in formatter.parse(token) if field is not None]
+                fields = _placeholder_names(token)
             except ValueError as error:
                 raise TemplateError(f"invalid placeholder in --autodeploy-command argument {token!r}: {error}; write {{{{ for a literal brace") from None
             for field in fields:
                 if field not in PLACEHOLDERS:
                     allowed = ", ".join("{" + name + "}" for name in PLACEHOLDERS)
                     raise TemplateError(f"unknown placeholder {{{field}}} in --autodeploy-command; use {allowed}")
+            # A bad format spec such as {model:d} would otherwise fail every test at run time.
+            try:
+                token.format(**_SAMPLE_VALUES)
+            except (ValueError, TypeError) as error:
+                raise TemplateError(f"invalid placeholder in --autodeploy-command argument {token!r}: {error}") from None
         return cls(text=text, argv=argv)
 
     def render(self, model: Model, config_path: Path, gpus: Sequence[str]) -> list[str]:

@@ -87,6 +87,7 @@ class ResultTable:
         too_big = [result for result in self.results.values() if result.too_few_gpus]
         if too_big:
             lines.append("")
-            lines.append(f"not run, too few GPUs on this node ({len(too_big)} models; never counted as passed):")
+            noun = "model" if len(too_big) == 1 else "models"
+            lines.append(f"not run, too few GPUs on this node ({len(too_big)} {noun}; never counted as passed):")
             lines.extend(f"  {result.nodeid}: {result.reason}" for result in too_big)
         return lines

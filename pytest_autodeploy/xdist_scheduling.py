@@ -3,8 +3,8 @@
 How xdist runs items shapes this design (checked against pytest-xdist 3.8):
 a worker starts an item only once it has received the next one (or a
 shutdown), because pytest needs ``nextitem`` for teardown. So each worker
-holds at most two items: the one it runs and the one it holds. Sending the
-held item's successor (or a shutdown) is what starts the held item, and the
+has at most two items: the one it runs and the next one, which it holds.
+Sending the held item's successor (or a shutdown) is what starts the held item, and the
 scheduler does that only when the backfill policy says the held item may
 start now. The GPU model here is a plan; the leases that workers take from
 the lock folder are what guarantee exclusive GPUs.
@@ -15,9 +15,12 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Collection, Mapping, Sequence
 
 from .backfill import BackfillPolicy, Job
+
+if TYPE_CHECKING:
+    import pytest
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +28,7 @@ logger = logging.getLogger(__name__)
 @dataclass
 class _NodeState:
     # Collection indices sent to the worker and not yet complete. The first is
-    # running when a second one was sent or the worker was told to shut down.
+    # running once a second one or a shutdown was sent.
     sent: list[int] = field(default_factory=list)
     shutdown_sent: bool = False
     # Start time of sent[0] once it runs.
@@ -64,6 +67,7 @@ class GpuScheduling:
         job_for: Callable[[str], Job],
         clock: Callable[[], float] = time.monotonic,
         report_collection_diff: Callable[[Sequence[str], Sequence[str], str, str], str | None] | None = None,
+        config: pytest.Config | None = None,
     ) -> None:
         self.numnodes = numnodes
         self.gpu_count = gpu_count
@@ -71,6 +75,8 @@ class GpuScheduling:
         self.job_for = job_for
         self.clock = clock
         self.report_collection_diff = report_collection_diff
+        # Receives a failed collection report per collection error, as xdist's LoadScheduling sends.
+        self.config = config
         self.node_states: dict[Any, _NodeState] = {}
         self.node_collections: dict[Any, list[str]] = {}
         self.collection: list[str] | None = None
@@ -78,6 +84,8 @@ class GpuScheduling:
         # Collection indices not yet sent to any worker, in priority order.
         self.queue: list[int] = []
         self.collection_errors: list[str] = []
+        # Set when the first workers collected different items: nothing runs, and the session ends.
+        self.collections_differ = False
 
     # --- the xdist Scheduling protocol --------------------------------------
 
@@ -91,6 +99,10 @@ class GpuScheduling:
 
     @property
     def tests_finished(self) -> bool:
+        # DSession stops only once this is True. Otherwise the exit of the last
+        # worker makes DSession raise "Unexpectedly no active workers available".
+        if self.collections_differ:
+            return True
         if not self.collection_is_completed or self.collection is None:
             return False
         if self.queue:
@@ -107,7 +119,7 @@ class GpuScheduling:
     def add_node_collection(self, node: Any, collection: Sequence[str]) -> None:
         if self.collection is not None and list(collection) != self.collection:
             # A replacement worker that collected something else must get no work.
-            self.collection_errors.append(f"worker {node.gateway.id} collected different items; it gets no work")
+            self._report_collection_error(node.gateway.id, f"worker {node.gateway.id} collected different items; it gets no work")
             self.node_states[node].shutdown_sent = True
             node.shutdown()
             return
@@ -146,6 +158,8 @@ class GpuScheduling:
 
     def schedule(self) -> None:
         assert self.collection_is_completed
+        if self.collections_differ:
+            return
         if self.collection is None:
             if not self._check_same_collection():
                 return
@@ -166,11 +180,23 @@ class GpuScheduling:
                 message = None
                 if self.report_collection_diff is not None:
                     message = self.report_collection_diff(first, other, first_node.gateway.id, node.gateway.id)
-                self.collection_errors.append(message or f"workers {first_node.gateway.id} and {node.gateway.id} collected different items")
+                message = message or f"workers {first_node.gateway.id} and {node.gateway.id} collected different items"
+                self._report_collection_error(node.gateway.id, message)
         if not same:
-            for node in self.nodes:
+            self.collections_differ = True
+            for node, state in self.node_states.items():
+                state.shutdown_sent = True
                 node.shutdown()
         return same
+
+    def _report_collection_error(self, node_id: str, message: str) -> None:
+        self.collection_errors.append(message)
+        logger.error("%s", message)
+        if self.config is not None:
+            import pytest
+
+            report = pytest.CollectReport(nodeid=node_id, outcome="failed", longrepr=message, result=[])
+            self.config.hook.pytest_collectreport(report=report)
 
     def _enqueue(self, indices: Any) -> None:
         merged = set(self.queue) | set(indices)
@@ -182,7 +208,8 @@ class GpuScheduling:
         pairs = []
         for state in self.node_states.values():
             if state.running is not None:
-                pairs.append((self.jobs[state.running], state.started_at or self.clock()))
+                started_at = state.started_at if state.started_at is not None else self.clock()
+                pairs.append((self.jobs[state.running], started_at))
         return pairs
 
     def _dispatch(self) -> None:
@@ -202,16 +229,19 @@ class GpuScheduling:
                     self._shutdown(node, state)
 
     def _dispatch_once(self) -> bool:
+        """Start one item that the policy allows now, and return whether one started."""
         now = self.clock()
         running = self._running()
         free = self.gpu_count - sum(job.world_size for job, _ in running)
 
-        # Every waiting item in priority order: held ones and queued ones.
+        # Items held by busy workers stay out of the plan: they cannot start
+        # before their worker's current item ends, so reserving GPUs for them
+        # now would leave those GPUs idle. Each joins the plan once its worker
+        # is idle.
         held_on_idle = {state.held: node for node, state in self.node_states.items() if state.idle and state.held is not None}
-        held_on_busy = {state.held for state in self.node_states.values() if not state.idle and state.held is not None}
         empty_nodes = [node for node, state in self.node_states.items() if state.idle and not state.sent]
 
-        waiting = list(held_on_idle) + list(held_on_busy) + self.queue
+        waiting = list(held_on_idle) + self.queue
         ordered = self.policy.order(self.jobs[index] for index in waiting)
         index_of = {self.jobs[index].key: index for index in waiting}
 
@@ -220,31 +250,45 @@ class GpuScheduling:
             startable.update(self.jobs[index].key for index in self.queue)
 
         plan = self.policy.plan(ordered, running, now, max(free, 0), startable)
-        for job in plan.start:
-            index = index_of[job.key]
-            if index in held_on_idle:
-                node = held_on_idle[index]
-                self._start_held(node, self.node_states[node], now)
-                return True
-            if empty_nodes:
-                node = empty_nodes[0]
-                state = self.node_states[node]
-                self.queue.remove(index)
-                state.sent.append(index)
-                node.send_runtest_some([index])
-                self._start_held(node, state, now)
-                return True
-        return False
+        if not plan.start:
+            return False
 
-    def _start_held(self, node: Any, state: _NodeState, now: float) -> None:
-        """Start the worker's held item by sending it a successor to hold, or a shutdown."""
-        state.started_at = now
-        if self.queue:
-            successor = self.queue.pop(0)
-            state.sent.append(successor)
-            node.send_runtest_some([successor])
+        # The worker that starts an item must also get the next item to hold,
+        # and that item waits until the started one ends. So the started item
+        # with the shortest estimate goes first and receives the queue head.
+        job = min(plan.start, key=lambda candidate: candidate.seconds)
+        index = index_of[job.key]
+        if index in held_on_idle:
+            node = held_on_idle[index]
+            spare_nodes = len(empty_nodes)
         else:
+            node = empty_nodes[0]
+            spare_nodes = len(empty_nodes) - 1
+            self.queue.remove(index)
+            self.node_states[node].sent.append(index)
+            node.send_runtest_some([index])
+
+        # Queued items that the plan starts now on other empty workers must
+        # not become this worker's held item.
+        starting_elsewhere = [index_of[other.key] for other in plan.start if other is not job and index_of[other.key] in self.queue]
+        self._start_held(node, self.node_states[node], now, keep=set(starting_elsewhere[:spare_nodes]))
+        return True
+
+    def _start_held(self, node: Any, state: _NodeState, now: float, keep: Collection[int] = ()) -> None:
+        """Start the worker's held item by sending it a successor to hold, or a shutdown.
+
+        The successor is the first queued item outside ``keep``. Without one
+        the worker gets a shutdown, which is safe because each item in ``keep``
+        has an empty worker of its own.
+        """
+        state.started_at = now
+        successor = next((index for index in self.queue if index not in keep), None)
+        if successor is None:
             self._shutdown(node, state)
+            return
+        self.queue.remove(successor)
+        state.sent.append(successor)
+        node.send_runtest_some([successor])
 
     def _shutdown(self, node: Any, state: _NodeState) -> None:
         if state.sent and state.started_at is None:

@@ -23,7 +23,6 @@ import difflib
 import json
 import os
 import sys
-import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -33,6 +32,7 @@ from typing import Any, Mapping, Sequence
 import yaml
 
 from . import __version__
+from .atomic import write_text_atomic
 from .diagnostics import Diagnostic, RegistryError
 from .merge import format_key_path
 from .registry import MODELS_FILE, SUPPORTED_VERSION, Model, Registry, load_registry
@@ -234,29 +234,8 @@ def build_workload(registry: Registry) -> dict[str, Any]:
 
 
 def write_atomically(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder.
-
-    Readers see either the old file or the complete new one, never a partial write.
-    """
-    folder = path.parent
-    handle = tempfile.NamedTemporaryFile(
-        "w", encoding="utf-8", dir=folder, prefix=f".{path.name}.", suffix=".tmp", delete=False
-    )
-    temporary = Path(handle.name)
-    try:
-        with handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        # NamedTemporaryFile creates the file with mode 0600. Give the result
-        # the mode that a plain open() would have given it.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    """Write ``text`` to ``path``; readers see the old file or the complete new one."""
+    write_text_atomic(path, text, create_parents=False)
 
 
 def run_workload(args: argparse.Namespace) -> int:

@@ -36,13 +36,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import stat
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Union
+
+from .atomic import write_text_atomic
 
 FORMAT_NAME = "pytest-autodeploy-durations"
 FORMAT_VERSION = 1
@@ -173,34 +173,9 @@ def save_durations(path: PathLike, table: Mapping[str, DurationRecord]) -> None:
     Two processes that save the same path at once do not merge: the last
     rename wins, so shards should write separate files and merge them later.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(_to_document(table), indent=2, sort_keys=False, allow_nan=False) + "\n"
 
-    descriptor, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
-
-        # mkstemp creates the file with mode 0600. Keep the mode of the file
-        # being replaced, or use the usual 0644, so other users can still read it.
-        try:
-            mode = stat.S_IMODE(path.stat().st_mode)
-        except FileNotFoundError:
-            mode = 0o644
-        os.chmod(temp_name, mode)
-
-        os.replace(temp_name, path)
-    except BaseException:
-        try:
-            os.unlink(temp_name)
-        except FileNotFoundError:
-            pass
-        raise
-
-    _fsync_folder(path.parent)
+    write_text_atomic(path, text)
 
 
 def estimate_seconds(
@@ -419,18 +394,3 @@ def _json_type(value: Any) -> str:
 
 def _reject_json_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a valid number of seconds")
-
-
-def _fsync_folder(folder: Path) -> None:
-    # Syncing the folder makes the rename itself durable. Windows cannot open
-    # a folder this way, and the replace is already done, so skip it there.
-    try:
-        descriptor = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)

@@ -51,8 +51,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import stat
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -61,6 +59,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Union
+
+from .atomic import write_text_atomic
 
 FORMAT_NAME = "pytest-autodeploy-report"
 FORMAT_VERSION = 1
@@ -305,40 +305,6 @@ def build_document(
         "totals_by_world_size": per_world_size,
         "records": [record.to_json() for record in record_list],
     }
-
-
-def write_text_atomic(path: PathLike, text: str) -> None:
-    """Replace ``path`` with ``text`` so that readers see the old or the new file, never a part.
-
-    The text goes to a temporary file in the same folder, which is flushed to
-    disk and renamed over ``path``. On any error the temporary file is removed
-    and ``path`` is left as it was. Missing parent folders are created.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-
-    descriptor, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
-
-        # mkstemp creates the file with mode 0600. Keep the mode of the file
-        # being replaced, or use the usual 0644, so other users can still read it.
-        try:
-            mode = stat.S_IMODE(path.stat().st_mode)
-        except FileNotFoundError:
-            mode = 0o644
-        os.chmod(temp_name, mode)
-
-        os.replace(temp_name, path)
-    except BaseException:
-        try:
-            os.unlink(temp_name)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def write_report(path: PathLike, document: Mapping[str, Any]) -> None:

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Tuple, Union
 
 import yaml
 
+from .atomic import write_text_atomic
 from .diagnostics import Diagnostic
 
 SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -294,12 +293,7 @@ def _write_cache(cache_dir: Path, raw: bytes, document: YamlDocument) -> None:
         return
 
     try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        target = _cache_path(cache_dir, raw)
-        handle, temporary = tempfile.mkstemp(dir=cache_dir, suffix=".tmp")
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        os.replace(temporary, target)
+        write_text_atomic(_cache_path(cache_dir, raw), text)
 
         entries = sorted(cache_dir.glob("*.json"), key=lambda entry: entry.stat().st_mtime, reverse=True)
         for old in entries[_CACHE_ENTRIES:]:

@@ -232,9 +232,16 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Col
     config = parent.config
     if _STATE_KEY not in config.stash:
         return None
-    if file_path.resolve() == get_state(config).registry.models_path:
-        return RegistryFile.from_parent(parent, path=file_path)
-    return None
+    if file_path.resolve() != get_state(config).registry.models_path:
+        return None
+    try:
+        file_path.resolve().relative_to(config.rootpath.resolve())
+    except ValueError:
+        # pytest gives a file outside rootdir an empty node id, so ids would
+        # read "::org/model". Name it by its folder instead.
+        nodeid = f"{file_path.parent.name}/{file_path.name}"
+        return RegistryFile.from_parent(parent, path=file_path, nodeid=nodeid)
+    return RegistryFile.from_parent(parent, path=file_path)
 
 
 @pytest.hookimpl(trylast=True)

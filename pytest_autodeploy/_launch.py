@@ -1,4 +1,7 @@
-"""Launcher for model commands: ``python -m pytest_autodeploy._launch PROGRAM ARGS...``.
+"""Launcher for model commands: ``python -I -S _launch.py PROGRAM ARGS...``.
+
+It imports only the standard library, so it runs in isolated mode without
+site-packages and starts fast.
 
 The launcher leads the command's process group and stays alive while the
 program runs. Through prctl(PR_SET_PDEATHSIG) the Linux kernel signals it
@@ -14,7 +17,6 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
-import subprocess
 import sys
 from types import FrameType
 
@@ -50,7 +52,7 @@ def _exit_like(returncode: int) -> None:
 def main() -> None:
     argv = sys.argv[1:]
     if not argv:
-        sys.exit("usage: python -m pytest_autodeploy._launch PROGRAM [ARGS...]")
+        sys.exit("usage: python _launch.py PROGRAM [ARGS...]")
 
     parent = os.getppid()
     signal.signal(_PARENT_DIED_SIGNAL, _kill_own_group)
@@ -64,14 +66,19 @@ def main() -> None:
     if os.getppid() != parent:
         _kill_own_group(_PARENT_DIED_SIGNAL, None)
 
-    try:
-        # close_fds=False passes the inheritable descriptors on, among them the
-        # GPU lease locks that pytest handed to the launcher.
-        program = subprocess.Popen(argv, close_fds=False)
-    except OSError as error:
-        sys.stderr.write(f"pytest-autodeploy: cannot run {argv[0]!r}: {error.strerror}\n")
-        sys.exit(127)
-    _exit_like(program.wait())
+    # fork and exec directly: importing subprocess would slow every start.
+    # The child keeps the inheritable descriptors, among them the GPU lease
+    # locks that pytest handed to the launcher, and exec resets the handlers.
+    child = os.fork()
+    if child == 0:
+        try:
+            os.execvp(argv[0], argv)
+        except OSError as error:
+            os.write(2, f"pytest-autodeploy: cannot run {argv[0]!r}: {error.strerror}\n".encode())
+        os._exit(127)
+
+    _, status = os.waitpid(child, 0)
+    _exit_like(os.waitstatus_to_exitcode(status))
 
 
 if __name__ == "__main__":

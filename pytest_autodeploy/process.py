@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
+_LAUNCHER = Path(__file__).with_name("_launch.py")
+
 # Seconds between SIGTERM and SIGKILL when a process group is stopped.
 KILL_GRACE_SECONDS = 5.0
 
@@ -64,7 +66,7 @@ def _kill_group(process: subprocess.Popen, grace: float) -> None:
 def launcher_argv(argv: Sequence[str]) -> list[str]:
     """Prefix argv with the launcher that ties the life of the command's group to ours (Linux only)."""
     if sys.platform.startswith("linux"):
-        return [sys.executable, "-m", "pytest_autodeploy._launch", *argv]
+        return [sys.executable, "-I", "-S", str(_LAUNCHER), *argv]
     return list(argv)
 
 

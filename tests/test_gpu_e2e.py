@@ -67,7 +67,7 @@ write(event="start", time=start, parent=os.getppid(), child=child.pid if child e
 def worker_pid():
     # The pytest worker is the nearest ancestor that is not the command launcher.
     pid = os.getppid()
-    while "pytest_autodeploy._launch" in open(f"/proc/{pid}/cmdline").read():
+    while "pytest_autodeploy/_launch.py" in open(f"/proc/{pid}/cmdline").read():
         with open(f"/proc/{pid}/stat") as handle:
             pid = int(handle.read().rsplit(")", 1)[1].split()[1])
     return pid

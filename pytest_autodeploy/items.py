@@ -27,11 +27,17 @@ def config_marker(file_name: str) -> str:
 
 
 def model_marker_names(model: Model) -> list[str]:
+    return list(_marker_names(model.world_size, model.entry.yaml_extra))
+
+
+@functools.lru_cache(maxsize=1024)
+def _marker_names(world_size: int | None, yaml_extra: tuple[str, ...]) -> tuple[str, ...]:
+    # Most models share a world size and list of files, so compute each once.
     names = [AUTODEPLOY_MARKER]
-    if model.world_size is not None:
-        names.append(world_size_marker(model.world_size))
-    names.extend(config_marker(name) for name in model.entry.yaml_extra)
-    return names
+    if world_size is not None:
+        names.append(world_size_marker(world_size))
+    names.extend(config_marker(name) for name in yaml_extra)
+    return tuple(names)
 
 
 @functools.lru_cache(maxsize=None)

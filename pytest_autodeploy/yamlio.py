@@ -136,7 +136,10 @@ class _Builder:
         result = []
         for index, child in enumerate(node.value):
             child_path = key_path + (index,)
-            self.lines[child_path] = _mark_line(child.start_mark) or 0
+            # A plain value inside a one-line [a, b] list reports at the
+            # list's line; skipping those saves time on big registries.
+            if not (node.flow_style and isinstance(child, yaml.ScalarNode)):
+                self.lines[child_path] = _mark_line(child.start_mark) or 0
             result.append(self.build(child, child_path))
         return result
 

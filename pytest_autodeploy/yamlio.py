@@ -155,25 +155,31 @@ class _Builder:
         merged_count = self._merged_counts.get(id(node))
         if merged_count is None:
             explicit_count = sum(1 for key, _ in node.value if key.tag != _MERGE_TAG)
-            try:
-                self.loader.flatten_mapping(node)
-            except yaml.constructor.ConstructorError as error:
-                self.problem(f"invalid YAML merge key: {error.problem}", node)
-                return {}
+            # Most mappings have no merge key, and flattening costs time on big files.
+            if explicit_count < len(node.value):
+                try:
+                    self.loader.flatten_mapping(node)
+                except yaml.constructor.ConstructorError as error:
+                    self.problem(f"invalid YAML merge key: {error.problem}", node)
+                    return {}
             merged_count = len(node.value) - explicit_count
             self._merged_counts[id(node)] = merged_count
 
         result: dict[Any, Any] = {}
         first_lines: dict[Any, int | None] = {}
         for position, (key_node, value_node) in enumerate(node.value):
-            key = self.build(key_node, key_path)
-            try:
-                hash(key)
-            except TypeError:
-                self.problem("a mapping key must be a scalar, not a list or mapping", key_node)
-                continue
+            # Plain string keys are the common case; build() handles the rest.
+            if key_node.tag == _STR_TAG and isinstance(key_node, yaml.ScalarNode):
+                key = key_node.value
+            else:
+                key = self.build(key_node, key_path)
+                try:
+                    hash(key)
+                except TypeError:
+                    self.problem("a mapping key must be a scalar, not a list or mapping", key_node)
+                    continue
 
-            line = _mark_line(key_node.start_mark)
+            line = key_node.start_mark.line + 1
             is_explicit = position >= merged_count
             if is_explicit and key in first_lines:
                 self.problem(
@@ -186,8 +192,11 @@ class _Builder:
                 first_lines[key] = line
 
             child_path = key_path + (key,)
-            self.lines[child_path] = line or 0
-            result[key] = self.build(value_node, child_path)
+            self.lines[child_path] = line
+            if value_node.tag == _STR_TAG and isinstance(value_node, yaml.ScalarNode):
+                result[key] = value_node.value
+            else:
+                result[key] = self.build(value_node, child_path)
         return result
 
 

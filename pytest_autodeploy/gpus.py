@@ -96,6 +96,11 @@ def discover_gpus(
     return GpuInventory(ids=(), source=NO_SOURCE)
 
 
+# Far above any node built today. Each GPU has its own lock file, and a lease
+# request opens one per free GPU, so an absurd count would exhaust file handles.
+MAX_GPUS = 1024
+
+
 def parse_gpu_spec(spec: str) -> tuple[str, ...]:
     """Parse an ``--autodeploy-gpus`` value: a count N (ids 0..N-1) or a comma-separated id list.
 
@@ -106,6 +111,11 @@ def parse_gpu_spec(spec: str) -> tuple[str, ...]:
     """
     text = spec.strip()
     if text.isdigit():
+        if int(text) > MAX_GPUS:
+            raise GpuSpecError(
+                f"invalid --autodeploy-gpus value {spec!r}: more than {MAX_GPUS} GPUs on one node; "
+                "give the node's real GPU count"
+            )
         return tuple(str(index) for index in range(int(text)))
 
     ids: list[str] = []

@@ -62,7 +62,10 @@ class RegistryFile(pytest.File):
         state = get_state(self.config)
         state.registry.raise_for_errors()
         for model in state.registry.models:
-            yield ModelItem.from_parent(self, name=model.test_id, model=model)
+            # Passing the id as a string lets pytest parse "[config_id]" as
+            # parameters, as it does for ids that --lf and --deselect read back.
+            nodeid = f"{self.nodeid}::{model.test_id}"
+            yield ModelItem.from_parent(self, name=model.test_id, nodeid=nodeid, model=model)
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
         if isinstance(excinfo.value, RegistryError):

@@ -41,6 +41,8 @@ from filelock import lock_descriptor, unlock_descriptor
 logger = logging.getLogger(__name__)
 
 MUTEX_FILE_NAME = "mutex.lock"
+# Seconds between log warnings while a request waits for its GPUs.
+WAIT_REPORT_SECONDS = 60.0
 QUEUE_DIR_NAME = "queue"
 TICKET_SUFFIX = ".ticket"
 
@@ -232,6 +234,7 @@ class LeaseManager:
         self._ensure_folders()
         start = time.monotonic()
         deadline = None if timeout is None else start + timeout
+        next_report = WAIT_REPORT_SECONDS
         ticket: _Ticket | None = None
         try:
             while True:
@@ -255,6 +258,17 @@ class LeaseManager:
 
                 if timed_out:
                     raise LeaseTimeout(self._timeout_message(count, owner, timeout, decision))
+                waited = time.monotonic() - start
+                if waited >= next_report:
+                    # A silent wait looks like a hang; say who holds the GPUs.
+                    logger.warning(
+                        "%s has waited %.0f s for %d GPUs: %s",
+                        owner,
+                        waited,
+                        count,
+                        self._timeout_message(count, owner, waited, decision),
+                    )
+                    next_report += WAIT_REPORT_SECONDS
                 time.sleep(self.poll_interval)
         finally:
             # Covers the timeout and any interruption while waiting, such as KeyboardInterrupt.

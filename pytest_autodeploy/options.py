@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,14 +19,12 @@ from .shards import ShardSpecError, parse_shard_spec
 
 
 def _positive_seconds(value: str) -> float:
-    import argparse
-
     try:
         seconds = float(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"invalid seconds value {value!r}; give a number such as 600") from None
-    if not seconds > 0:
-        raise argparse.ArgumentTypeError(f"invalid seconds value {value!r}; it must be greater than 0")
+    if not seconds > 0 or not math.isfinite(seconds):
+        raise argparse.ArgumentTypeError(f"invalid seconds value {value!r}; it must be a finite number greater than 0")
     return seconds
 
 
@@ -60,6 +60,14 @@ def add_options(parser: pytest.Parser) -> None:
         "--autodeploy-timeout",
         "string",
         "Kill a model's command and its process group after this many seconds (default: no limit)",
+        type=_positive_seconds,
+        metavar="SECONDS",
+    )
+    add(
+        "--autodeploy-lease-timeout",
+        "string",
+        "Fail a model that waits longer than this many seconds for its GPUs, "
+        "naming who holds them (default: wait without limit)",
         type=_positive_seconds,
         metavar="SECONDS",
     )
@@ -139,6 +147,7 @@ class Settings:
     strict_gpus: bool
     lock_dir: Path | None
     durations_path: Path | None = None
+    lease_timeout: float | None = None
     shard: tuple[int, int] | None = None
     changed_since: str | None = None
     strict_xfail: bool = False
@@ -152,8 +161,42 @@ class Settings:
         return "command" if self.command is not None else "check"
 
 
+# Options whose empty value is a mistake: an unset shell variable in CI
+# (--autodeploy-command="$RUNNER") must not quietly select the check runner.
+_NON_EMPTY_OPTIONS = (
+    "autodeploy_command",
+    "autodeploy_gpus",
+    "autodeploy_lock_dir",
+    "autodeploy_durations",
+    "autodeploy_shard",
+    "autodeploy_changed_since",
+    "autodeploy_report",
+    "autodeploy_compare",
+    "autodeploy_markdown",
+)
+
+
+def _reject_empty_values(config: pytest.Config) -> None:
+    for name in _NON_EMPTY_OPTIONS:
+        value = config.getoption(name, default=None)
+        if isinstance(value, str) and not value.strip():
+            flag = "--" + name.replace("_", "-")
+            raise pytest.UsageError(f"{flag} is empty; give a value or leave the option out")
+
+
+def _get_seconds(config: pytest.Config, name: str) -> float | None:
+    value = config.getoption(name, default=None)
+    if value is None and config.getini(name):
+        try:
+            value = _positive_seconds(config.getini(name))
+        except argparse.ArgumentTypeError as error:
+            raise pytest.UsageError(f"ini {name}: {error}") from None
+    return value
+
+
 def resolve_settings(config: pytest.Config) -> Settings:
     """Read and check every option; raise ``pytest.UsageError`` naming the bad one."""
+    _reject_empty_values(config)
     command_text = _get(config, "autodeploy_command")
     command = None
     if command_text:
@@ -162,14 +205,8 @@ def resolve_settings(config: pytest.Config) -> Settings:
         except TemplateError as error:
             raise pytest.UsageError(str(error)) from None
 
-    timeout = config.getoption("autodeploy_timeout", default=None)
-    if timeout is None and config.getini("autodeploy_timeout"):
-        import argparse
-
-        try:
-            timeout = _positive_seconds(config.getini("autodeploy_timeout"))
-        except argparse.ArgumentTypeError as error:
-            raise pytest.UsageError(f"ini autodeploy_timeout: {error}") from None
+    timeout = _get_seconds(config, "autodeploy_timeout")
+    lease_timeout = _get_seconds(config, "autodeploy_lease_timeout")
 
     lock_dir = _get(config, "autodeploy_lock_dir")
     gpus_spec = _get(config, "autodeploy_gpus")
@@ -186,6 +223,7 @@ def resolve_settings(config: pytest.Config) -> Settings:
         registry_arg=config.getoption("autodeploy_registry", default=None),
         command=command,
         timeout=timeout,
+        lease_timeout=lease_timeout,
         gpus_spec=str(gpus_spec) if gpus_spec not in (None, "") else None,
         strict_gpus=_ini_bool(_get(config, "autodeploy_strict_gpus") or False),
         lock_dir=Path(lock_dir).expanduser() if lock_dir else None,
@@ -194,3 +232,4 @@ def resolve_settings(config: pytest.Config) -> Settings:
         changed_since=_get(config, "autodeploy_changed_since") or None,
         strict_xfail=_ini_bool(_get(config, "autodeploy_strict_xfail") or False),
     )
+

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import copy
 import os
-import warnings
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -14,7 +14,14 @@ import pytest
 
 from . import registry as registry_module
 from .diagnostics import Diagnostic, RegistryError
-from .durations import DurationRecord, DurationsFileError, estimate_seconds, load_durations, merge_durations, save_durations
+from .durations import (
+    DurationRecord,
+    DurationsFileError,
+    estimate_seconds,
+    load_durations,
+    merge_durations,
+    save_durations,
+)
 from .gpus import GpuInventory, GpuSpecError, discover_gpus
 from .items import (
     AUTODEPLOY_MARKER,
@@ -24,11 +31,13 @@ from .items import (
     model_marks,
     world_size_marker,
 )
+from .leases import LeaseManager, LeaseTimeout, default_lock_dir
 from .options import Settings, add_options, resolve_settings
 from .registry import Model, Registry, load_registry
 from .report_plugin import register_report_plugin
 from .runners import RunFailure, run_check, run_model_command, write_merged_config
 from .summary import TOO_FEW_GPUS, ResultTable
+from .writable import check_lock_dir, check_writable_file
 
 BUNDLED_REGISTRY = Path(__file__).parent / "model_registry"
 # A source checkout keeps the registry beside the package, not inside it.
@@ -54,6 +63,7 @@ class SessionState:
     # What --autodeploy-changed-since selected, and why.
     changes: Any = None
     _work_dir: Path | None = None
+    _world_sizes: dict[str, int] | None = None
     # pytest's temporary folders rotate, so work folders do not pile up.
     tmp_path_factory: Any = None
 
@@ -62,7 +72,12 @@ class SessionState:
         return self.settings.command is not None
 
     def world_sizes(self) -> dict[str, int]:
-        return {model.test_id: model.world_size for model in self.registry.models if model.world_size is not None}
+        """Return the world size of every model by test id (computed once, read per report)."""
+        if self._world_sizes is None:
+            self._world_sizes = {
+                model.test_id: model.world_size for model in self.registry.models if model.world_size is not None
+            }
+        return self._world_sizes
 
     @property
     def work_dir(self) -> Path:
@@ -79,11 +94,15 @@ class SessionState:
             return
 
         self._check_gpu_count(item)
-        from .leases import LeaseManager, default_lock_dir
-
         manager = LeaseManager(self.settings.lock_dir or default_lock_dir(), self.inventory.ids)
         config_path = write_merged_config(model, self.work_dir / "configs")
-        with manager.acquire(model.world_size, owner=f"{item.nodeid} (pid {os.getpid()})") as lease:
+        try:
+            lease = manager.acquire(
+                model.world_size, owner=f"{item.nodeid} (pid {os.getpid()})", timeout=self.settings.lease_timeout
+            )
+        except LeaseTimeout as error:
+            raise RunFailure(f"{error} (--autodeploy-lease-timeout)") from None
+        with lease:
             item.user_properties[:] = [
                 (name, value) for name, value in item.user_properties if name != "gpus"
             ] + [("gpus", ",".join(lease.gpus))]
@@ -180,8 +199,13 @@ def pytest_configure(config: pytest.Config) -> None:
     except GpuSpecError as error:
         raise pytest.UsageError(str(error)) from None
 
+    if settings.command is not None:
+        check_lock_dir(settings.lock_dir or default_lock_dir(), "--autodeploy-lock-dir")
+
     durations: dict[str, DurationRecord] = {}
     if settings.durations_path is not None:
+        if not _is_xdist_worker(config):
+            check_writable_file(settings.durations_path, "--autodeploy-durations")
         try:
             durations = load_durations(settings.durations_path)
         except DurationsFileError as error:
@@ -274,13 +298,22 @@ def pytest_collection(session: pytest.Session) -> None:
     if _STATE_KEY not in config.stash or _is_xdist_worker(config):
         return
     # Lints become pytest warnings, placed at the registry line they are about.
-    for warning in get_state(config).registry.warnings:
-        warnings.warn_explicit(
-            RegistryWarning(warning.message),
-            category=RegistryWarning,
-            filename=str(warning.path),
-            lineno=warning.line or 1,
-        )
+    lints = get_state(config).registry.warnings
+    for warning in lints:
+        try:
+            warnings.warn_explicit(
+                RegistryWarning(warning.message),
+                category=RegistryWarning,
+                filename=str(warning.path),
+                lineno=warning.line or 1,
+            )
+        except RegistryWarning:
+            # -W error or filterwarnings = error turned the lints into errors.
+            listed = "\n".join(lint.format() for lint in lints)
+            raise pytest.UsageError(
+                f"registry warnings are errors under this run's warning filters:\n{listed}\n"
+                "fix them, or add 'ignore::pytest_autodeploy.plugin.RegistryWarning' to filterwarnings"
+            ) from None
 
 
 def _item_key(item: pytest.Item) -> str:
@@ -322,7 +355,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         return
     registry = get_state(config).registry
     if registry.errors:
-        raise RegistryError(registry.errors)
+        pytest.fail(RegistryError(registry.errors).format(), pytrace=False)
     metafunc.parametrize(
         "autodeploy_model",
         [pytest.param(model, id=model.test_id, marks=model_marks(model)) for model in registry.models],
@@ -350,6 +383,10 @@ def autodeploy_model(request: pytest.FixtureRequest, tmp_path_factory: pytest.Te
     if not isinstance(model, Model):
         pytest.skip("autodeploy_model needs --autodeploy-registry to parametrize this test")
     folder = tmp_path_factory.mktemp("autodeploy-config")
+    # The same properties as built-in items, for reports, junitxml and the summary.
+    request.node.user_properties.extend(
+        [("model", model.name), ("config_id", model.config_id or ""), ("world_size", model.world_size)]
+    )
     return AutodeployModel(
         name=model.name,
         config_id=model.config_id,
@@ -359,6 +396,35 @@ def autodeploy_model(request: pytest.FixtureRequest, tmp_path_factory: pytest.Te
         config_path=write_merged_config(model, folder),
         test_id=model.test_id,
     )
+
+
+@pytest.fixture
+def autodeploy_gpus(autodeploy_model: AutodeployModel, request: pytest.FixtureRequest) -> Iterator[tuple[str, ...]]:
+    """GPU ids leased for this test's model: exactly its world size, held machine-wide.
+
+    A model that needs more GPUs than the node has is skipped, or fails with
+    --autodeploy-strict-gpus. Set CUDA_VISIBLE_DEVICES to these ids in the
+    child process that uses them.
+    """
+    state = get_state(request.config)
+    needed = autodeploy_model.world_size
+    if needed > state.inventory.count:
+        reason = f"needs {needed} GPUs, this node has {state.inventory.count}"
+        request.node.user_properties.append((TOO_FEW_GPUS, True))
+        if state.settings.strict_gpus:
+            pytest.fail(f"{reason} (--autodeploy-strict-gpus)", pytrace=False)
+        pytest.skip(reason)
+
+    manager = LeaseManager(state.settings.lock_dir or default_lock_dir(), state.inventory.ids)
+    try:
+        lease = manager.acquire(
+            needed, owner=f"{request.node.nodeid} (pid {os.getpid()})", timeout=state.settings.lease_timeout
+        )
+    except LeaseTimeout as error:
+        pytest.fail(f"{error} (--autodeploy-lease-timeout)", pytrace=False)
+    with lease:
+        request.node.user_properties.append(("gpus", ",".join(lease.gpus)))
+        yield lease.gpus
 
 
 @pytest.hookimpl(wrapper=True)

@@ -28,6 +28,7 @@ from .report import (
     write_report,
 )
 from .summary import TOO_FEW_GPUS
+from .writable import check_writable_file
 
 PLUGIN_NAME = "autodeploy-report"
 
@@ -97,6 +98,8 @@ def register_report_plugin(config: pytest.Config, registry_path: str | None) -> 
     for path, source in ((report_path, report_source), (markdown_path, markdown_source)):
         if path is not None and path.is_dir():
             raise pytest.UsageError(f"{source}: '{path}' is a folder. Give a file path such as '{path / 'report.json'}'")
+        if path is not None:
+            check_writable_file(path, source)
 
     previous = None
     if compare_path is not None:

@@ -31,15 +31,21 @@ class TemplateError(ValueError):
     """Raised for an invalid ``--autodeploy-command`` template."""
 
 
-def safe_file_stem(test_id: str) -> str:
-    """Return a file name stem for a test id such as ``org/model[cfg]``."""
-    return re.sub(r"[^\w.+-]+", "_", test_id).strip("_") or "model"
+def safe_file_stem(model: Model) -> str:
+    """Return a file name stem for a model, unique within its registry.
+
+    The entry's position keeps names apart that differ only in characters
+    replaced here (``org/a`` and ``org:a``), and the length stays far below
+    the usual 255-byte limit of a file name.
+    """
+    readable = re.sub(r"[^\w.+-]+", "_", model.test_id).strip("_")[:100] or "model"
+    return f"{model.entry.index:05d}-{readable}"
 
 
 def write_merged_config(model: Model, folder: Path) -> Path:
     """Write the model's merged config as YAML and return its path."""
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{safe_file_stem(model.test_id)}.yaml"
+    path = folder / f"{safe_file_stem(model)}.yaml"
     path.write_text(yaml.safe_dump(model.config, sort_keys=False), encoding="utf-8")
     return path
 
@@ -140,7 +146,7 @@ def run_model_command(
     env["AUTODEPLOY_CONFIG"] = str(config_path)
     env["AUTODEPLOY_WORLD_SIZE"] = str(model.world_size)
 
-    log_path = log_dir / f"{safe_file_stem(model.test_id)}.log"
+    log_path = log_dir / f"{safe_file_stem(model)}.log"
     try:
         result = run_command(argv, env=env, log_path=log_path, timeout=timeout, pass_fds=pass_fds)
     except OSError as error:

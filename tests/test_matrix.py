@@ -589,10 +589,10 @@ def test_workflow_test_command(workflow: dict[Any, Any]) -> None:
     runs = step_runs(workflow["jobs"]["test"])
 
     assert "pytest ${{ matrix.pytest_args }} -n auto" in runs
-    assert "--autodeploy-command " in runs
-    assert "--autodeploy-durations durations.json" in runs
-    assert "--autodeploy-report report.json" in runs
-    assert '--autodeploy-markdown "$GITHUB_STEP_SUMMARY"' in runs
+    assert "--autodeploy-command=" in runs
+    assert "--autodeploy-durations=durations.json" in runs
+    assert "--autodeploy-report=report.json" in runs
+    assert '--autodeploy-markdown="$GITHUB_STEP_SUMMARY"' in runs
 
 
 def test_workflow_downloads_continue_on_error(workflow: dict[Any, Any]) -> None:
@@ -706,12 +706,9 @@ def test_sbatch_runs_task_shard(tmp_path: Path) -> None:
         "3/4",
         "-n",
         "auto",
-        "--autodeploy-command",
-        DEFAULT_SBATCH_COMMAND,
-        "--autodeploy-durations",
-        str(run.output_dir / "durations-shard-3-of-4.json"),
-        "--autodeploy-report",
-        str(run.output_dir / "report-shard-3-of-4.json"),
+        f"--autodeploy-command={DEFAULT_SBATCH_COMMAND}",
+        f"--autodeploy-durations={run.output_dir / 'durations-shard-3-of-4.json'}",
+        f"--autodeploy-report={run.output_dir / 'report-shard-3-of-4.json'}",
         "-k",
         "llama",
     ]

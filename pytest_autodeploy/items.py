@@ -49,7 +49,7 @@ def _mark(name: str) -> pytest.MarkDecorator:
 def model_marks(model: Model) -> list[pytest.MarkDecorator]:
     marks = [_mark(name) for name in model_marker_names(model)]
     if model.entry.skip is not None:
-        marks.append(pytest.mark.skip(reason=model.entry.skip))
+        marks.append(pytest.mark.skip(reason=f"{model.test_id}: {model.entry.skip}"))
     return marks
 
 

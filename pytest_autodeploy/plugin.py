@@ -117,7 +117,7 @@ class SessionState:
             )
 
     def too_few_gpus_reason(self, model: Model) -> str:
-        return f"needs {model.world_size} GPUs, this node has {self.inventory.count}"
+        return too_few_gpus_reason(model.world_size or 0, self.inventory.count)
 
     def _check_gpu_count(self, item: ModelItem) -> None:
         if (item.model.world_size or 0) <= self.inventory.count:
@@ -130,6 +130,10 @@ class SessionState:
 
 
 _STATE_KEY = pytest.StashKey[SessionState]()
+
+
+def too_few_gpus_reason(needed: int, available: int) -> str:
+    return f"needs {needed} GPU{'' if needed == 1 else 's'}, this node has {available}"
 
 
 def get_state(config: pytest.Config) -> SessionState:
@@ -287,7 +291,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if state.uses_gpus and not state.settings.strict_gpus:
         for item in items:
             if isinstance(item, ModelItem) and (item.model.world_size or 0) > state.inventory.count:
-                item.add_marker(pytest.mark.skip(reason=state.too_few_gpus_reason(item.model)))
+                # pytest's -rs folds skips by file, so the reason names the model.
+                reason = f"{item.model.test_id}: {state.too_few_gpus_reason(item.model)}"
+                item.add_marker(pytest.mark.skip(reason=reason))
                 item.user_properties.append((TOO_FEW_GPUS, True))
 
 
@@ -409,7 +415,7 @@ def autodeploy_gpus(autodeploy_model: AutodeployModel, request: pytest.FixtureRe
     state = get_state(request.config)
     needed = autodeploy_model.world_size
     if needed > state.inventory.count:
-        reason = f"needs {needed} GPUs, this node has {state.inventory.count}"
+        reason = too_few_gpus_reason(needed, state.inventory.count)
         request.node.user_properties.append((TOO_FEW_GPUS, True))
         if state.settings.strict_gpus:
             pytest.fail(f"{reason} (--autodeploy-strict-gpus)", pytrace=False)

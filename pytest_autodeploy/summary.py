@@ -89,5 +89,13 @@ class ResultTable:
             lines.append("")
             noun = "model" if len(too_big) == 1 else "models"
             lines.append(f"not run, too few GPUs on this node ({len(too_big)} {noun}; never counted as passed):")
-            lines.extend(f"  {result.nodeid}: {result.reason}" for result in too_big)
+            lines.extend(f"  {result.nodeid}: {_without_model(result)}" for result in too_big)
         return lines
+
+
+def _without_model(result: ModelResult) -> str:
+    """Return the reason without a leading "org/model: ", which the node id already shows."""
+    prefix, separator, rest = result.reason.partition(": ")
+    if separator and result.nodeid.endswith(prefix):
+        return rest
+    return result.reason

@@ -178,7 +178,8 @@ def run_validate(args: argparse.Namespace) -> int:
 
     # Loader errors first, then warnings, then schema violations, which are
     # errors too but only exist for entries whose configs merged.
-    for diagnostic in registry.errors:
+    # Sorted by file and line, as pytest's collection error lists them.
+    for diagnostic in sorted(registry.errors, key=Diagnostic.sort_key):
         print(diagnostic.format())
     for diagnostic in warnings:
         print(diagnostic.format())

@@ -73,6 +73,10 @@ def _existing_inputs(inputs: list[str]) -> list[Path]:
     missing = [str(path) for path in paths if not path.is_file()]
     if missing:
         raise UsageError(f"input file not found: {', '.join(missing)}")
+    resolved = [path.resolve() for path in paths]
+    repeated = sorted({str(path) for path in paths if resolved.count(path.resolve()) > 1})
+    if repeated:
+        raise UsageError(f"input file given more than once: {', '.join(repeated)}")
     return paths
 
 

@@ -154,8 +154,8 @@ def parse_visible_devices(value: str) -> tuple[str, ...]:
     """Parse a ``CUDA_VISIBLE_DEVICES`` value into ids, keeping their order and form.
 
     An empty value, "-1" and "NoDevFiles" hide every GPU. The CUDA runtime ignores the
-    list from the first invalid index on, so an empty item or a negative index ends the
-    list here too. Raises GpuSpecError when a GPU is listed twice.
+    list from the first invalid entry on, so an empty item, a negative index or text
+    that is neither an index nor a GPU-/MIG- UUID ends the list here too. Raises GpuSpecError when a GPU is listed twice.
     """
     text = value.strip()
     if not text or text in _HIDDEN_VALUES:
@@ -164,7 +164,11 @@ def parse_visible_devices(value: str) -> tuple[str, ...]:
     ids: list[str] = []
     for raw_item in text.split(","):
         item = raw_item.strip()
-        if not item or (_INTEGER.fullmatch(item) and int(item) < 0):
+        if _INTEGER.fullmatch(item):
+            valid = int(item) >= 0
+        else:
+            valid = item.startswith(("GPU-", "MIG-"))
+        if not valid:
             logger.debug(
                 "CUDA_VISIBLE_DEVICES=%r: entry %r ends the list, as in the CUDA runtime",
                 value,

@@ -9,6 +9,7 @@ kills the whole group if the pytest process dies first.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 _LAUNCHER = Path(__file__).with_name("_launch.py")
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 # Seconds between SIGTERM and SIGKILL when a process group is stopped.
 KILL_GRACE_SECONDS = 5.0
@@ -32,12 +34,16 @@ class CommandResult:
     log_path: Path
 
     def tail(self, lines: int = 40) -> str:
-        """Return the last ``lines`` lines of the command's output."""
+        """Return the last ``lines`` lines of the command's output, safe to print."""
         try:
             with self.log_path.open("r", encoding="utf-8", errors="replace") as handle:
-                return "".join(deque(handle, maxlen=lines))
+                text = "".join(deque(handle, maxlen=lines))
         except OSError as error:
             return f"(output unavailable: {error.strerror})"
+        if not text:
+            return "(no output)"
+        # Escape sequences and NUL bytes from the command must not reach the terminal.
+        return _CONTROL_CHARACTERS.sub("?", text)
 
 
 def _kill_group(process: subprocess.Popen, grace: float) -> None:

@@ -13,7 +13,7 @@ from typing import Mapping, Sequence
 import yaml
 
 from .diagnostics import errors_only
-from .process import CommandResult, run_command
+from .process import KILL_GRACE_SECONDS, CommandResult, run_command
 from .registry import Model, Registry
 from .schema import SchemaFileError, validate_config
 
@@ -155,7 +155,8 @@ def run_model_command(
     shown = shlex.join(argv)
     if result.timed_out:
         raise RunFailure(
-            f"timed out after {timeout:g} s and was killed with its process group: {shown}\n"
+            f"timed out after {timeout:g} s; its process group got SIGTERM, then SIGKILL "
+            f"{KILL_GRACE_SECONDS:g} s later if still running: {shown}\n"
             f"last output ({log_path}):\n{result.tail()}"
         )
     if result.returncode != 0:

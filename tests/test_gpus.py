@@ -392,3 +392,10 @@ def test_format_visible_devices() -> None:
 def test_format_visible_devices_rejects_comma() -> None:
     with pytest.raises(ValueError, match="'0,1'"):
         format_visible_devices(["0,1"])
+
+
+@pytest.mark.parametrize("value", ["abc", "abc,0", "0,abc,1"])
+def test_visible_devices_text_ends_list(value: str) -> None:
+    expected = {"abc": (), "abc,0": (), "0,abc,1": ("0",)}[value]
+
+    assert parse_visible_devices(value) == expected

@@ -197,7 +197,9 @@ models:
     assert code == 1
     lines = error_lines(out)
     assert len(lines) == 4
-    assert lines[0].startswith(f"{root / 'models.yaml'}:1: error: version must be the string '2.0', got 2.0")
+    # Sorted by file, then line: configs/ comes before models.yaml.
+    assert lines[0].startswith(f"{root / 'configs' / 'world_size_2.yaml'}:2:1: error: duplicate key")
+    assert lines[1].startswith(f"{root / 'models.yaml'}:1: error: version must be the string '2.0', got 2.0")
     assert any("unknown key 'skipp'" in line and "did you mean 'skip'?" in line for line in lines)
     assert any("'world_size_1.yml'" in line for line in lines)
     assert any(line.startswith(f"{root / 'configs' / 'world_size_2.yaml'}:2:1: error: duplicate key") for line in lines)

@@ -35,10 +35,15 @@ DEFAULT_SLEEP = 0.3
 # Seconds allowed for one inner pytest run, so a hang fails the test instead of blocking the suite.
 RUN_TIMEOUT = 90.0
 
+# Seconds that each wait for another session may take before the waiting item fails. Two
+# pytest sessions started together on a busy machine can start seconds apart.
+RENDEZVOUS_TIMEOUT = 60.0
+
 # The fake model command: python FAKE_MODEL RECORD BEHAVIOR MODEL WORLD_SIZE.
 # BEHAVIOR maps a model name to {"sleep": s, "child": bool, "kill_worker": bool,
-# "wait_for": [record, model]}. With wait_for the command waits up to 30 s until
-# that record contains a start line of that model.
+# "wait_for": [record, model], "meet": [flag, other_flag]}. With wait_for the command
+# waits, holding its GPUs, until that record contains a start line of that model, and
+# exits with status 1 if none appears within RENDEZVOUS_TIMEOUT. CONFTEST handles meet.
 FAKE_MODEL = """
 import json, os, signal, subprocess, sys, time
 
@@ -83,8 +88,10 @@ def has_started(path, other):
 
 
 if behavior.get("wait_for"):
-    deadline = time.time() + 30
-    while not has_started(*behavior["wait_for"]) and time.time() < deadline:
+    deadline = time.monotonic() + %(rendezvous_timeout)r
+    while not has_started(*behavior["wait_for"]):
+        if time.monotonic() >= deadline:
+            sys.exit(f"{model} timed out after %(rendezvous_timeout)r s waiting for a start line of {behavior['wait_for'][1]} in {behavior['wait_for'][0]}")
         time.sleep(0.05)
 
 if behavior.get("kill_worker"):
@@ -93,7 +100,33 @@ if behavior.get("kill_worker"):
 
 time.sleep(behavior.get("sleep", %(sleep)r))
 write(event="end", start=start, end=time.time())
-""" % {"sleep": DEFAULT_SLEEP}
+""" % {"sleep": DEFAULT_SLEEP, "rendezvous_timeout": RENDEZVOUS_TIMEOUT}
+
+# The fake project's conftest.py. For a model with "meet": [flag, other_flag] in BEHAVIOR,
+# the item's setup, which runs before the item leases GPUs, creates `flag` and waits until
+# `other_flag` exists. The item fails if `other_flag` does not appear within RENDEZVOUS_TIMEOUT.
+CONFTEST = """
+import json, os, time
+from pathlib import Path
+
+import pytest
+
+
+def pytest_runtest_setup(item):
+    behavior_path = Path(__file__).parent / "behavior.json"
+    model = item.nodeid.split("::", 1)[1]
+    flags = json.loads(behavior_path.read_text(encoding="utf-8")).get(model, {}).get("meet")
+    if not flags:
+        return
+
+    flag, other_flag = flags
+    Path(flag).touch()
+    deadline = time.monotonic() + %(rendezvous_timeout)r
+    while not os.path.exists(other_flag):
+        if time.monotonic() >= deadline:
+            pytest.fail(f"{model} timed out after %(rendezvous_timeout)r s waiting for the other session to create {other_flag}", pytrace=False)
+        time.sleep(0.05)
+""" % {"rendezvous_timeout": RENDEZVOUS_TIMEOUT}
 
 # Sixteen models: six on 1 GPU, five on 2, three on 4 and two on 8.
 MIXED_MODELS = (
@@ -159,6 +192,7 @@ def make_project(
     # An ini file pins the rootdir, so no configuration from a parent folder applies.
     (root / "pytest.ini").write_text("[pytest]\n", encoding="utf-8")
     (root / "fake_model.py").write_text(FAKE_MODEL, encoding="utf-8")
+    (root / "conftest.py").write_text(CONFTEST, encoding="utf-8")
     (root / "behavior.json").write_text(json.dumps(behavior or {}), encoding="utf-8")
     return Project(
         root=root,
@@ -305,24 +339,49 @@ def test_two_sessions_share_lock_folder(tmp_path: Path) -> None:
     lock_dir = tmp_path / "locks"
     models = [(f"org/one-{index}", 1) for index in range(3)] + [(f"org/two-{index}", 2) for index in range(2)]
     models += [("org/four", 4)]
-    # Each session's org/one-0 waits until the other's has started, so the sessions surely run side by side.
+    # The org/one-0 items of the two sessions meet twice, so the sessions surely run side by
+    # side. First each one's setup waits, holding no GPU, until the other has reached its
+    # setup too. Then each one's command waits, holding its GPU, until the other's command has
+    # started. Without the first meeting, a session that starts a few seconds late blocks,
+    # because its org/four needs the GPU that the other session's waiting command holds. After
+    # it, both sessions are running org/one-0, so neither scheduler starts an org/four alongside.
     projects = []
     for name, other in (("first", "second"), ("second", "first")):
-        behavior = {"org/one-0": {"wait_for": [str(tmp_path / other / "record.jsonl"), "org/one-0"]}}
+        behavior = {
+            "org/one-0": {
+                "meet": [str(tmp_path / f"{name}.ready"), str(tmp_path / f"{other}.ready")],
+                "wait_for": [str(tmp_path / other / "record.jsonl"), "org/one-0"],
+            }
+        }
         projects.append(make_project(tmp_path / name, models, behavior=behavior, lock_dir=lock_dir))
 
-    processes = [
-        subprocess.Popen(
-            project.args("-n", "4", gpus="4"),
-            cwd=project.root,
-            env=clean_env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for project in projects
-    ]
-    outputs = [process.communicate(timeout=RUN_TIMEOUT)[0] for process in processes]
+    # Output goes to files, because a session blocked on a full pipe would stall the other one.
+    logs = [tmp_path / f"{project.root.name}.log" for project in projects]
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        for project, log in zip(projects, logs):
+            with log.open("wb") as handle:
+                processes.append(
+                    subprocess.Popen(
+                        project.args("-n", "4", gpus="4"),
+                        cwd=project.root,
+                        env=clean_env(),
+                        stdout=handle,
+                        stderr=subprocess.STDOUT,
+                        start_new_session=True,
+                    )
+                )
+        deadline = time.monotonic() + RUN_TIMEOUT + 2 * RENDEZVOUS_TIMEOUT
+        for process in processes:
+            process.wait(timeout=max(deadline - time.monotonic(), 0.0))
+    finally:
+        # Only after a failure or timeout is anything left to stop.
+        for process in processes:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=10)
+        kill_leftovers(live_pids([pid for project in projects for pid in recorded_pids(project)]))
+    outputs = [log.read_text(encoding="utf-8", errors="replace") for log in logs]
 
     assert [process.returncode for process in processes] == [0, 0], "\n".join(outputs)
     records = [entry for project in projects for entry in project.records()]

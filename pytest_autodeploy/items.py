@@ -57,7 +57,7 @@ class RegistryFile(pytest.File):
     """Collects ``models.yaml``; a registry with errors becomes one collection error."""
 
     def collect(self) -> Iterator[pytest.Item]:
-        from .plugin import get_state  # the plugin owns the per-session state
+        from .session import get_state  # session.py imports this module
 
         state = get_state(self.config)
         state.registry.raise_for_errors()
@@ -97,7 +97,7 @@ class ModelItem(pytest.Item):
         )
 
     def runtest(self) -> None:
-        from .plugin import get_state
+        from .session import get_state
 
         get_state(self.config).run_item(self)
 

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import copy
-import os
-import tempfile
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 
 from . import registry as registry_module
-from .diagnostics import Diagnostic, RegistryError
+from .diagnostics import RegistryError
 from .durations import (
     DurationRecord,
     DurationsFileError,
@@ -22,7 +18,8 @@ from .durations import (
     merge_durations,
     save_durations,
 )
-from .gpus import GpuInventory, GpuSpecError, discover_gpus
+from .fixtures import AutodeployModel, autodeploy_gpus, autodeploy_model
+from .gpus import GpuSpecError, discover_gpus
 from .items import (
     AUTODEPLOY_MARKER,
     ModelItem,
@@ -31,13 +28,16 @@ from .items import (
     model_marks,
     world_size_marker,
 )
-from .leases import LeaseManager, LeaseTimeout, default_lock_dir
+from .leases import default_lock_dir
 from .options import Settings, add_options, resolve_settings
-from .registry import Model, Registry, load_registry
+from .registry import Registry, load_registry
 from .report_plugin import register_report_plugin
-from .runners import RunFailure, run_check, run_model_command, write_merged_config
+from .session import STATE_KEY, SessionState, get_state, is_xdist_worker
 from .summary import TOO_FEW_GPUS, ResultTable
 from .writable import check_lock_dir, check_writable_file
+
+# Fixtures are found among a plugin module's names, so they are imported here.
+__all__ = ["AutodeployModel", "autodeploy_gpus", "autodeploy_model"]
 
 BUNDLED_REGISTRY = Path(__file__).parent / "model_registry"
 # A source checkout keeps the registry beside the package, not inside it.
@@ -46,98 +46,6 @@ _CHECKOUT_REGISTRY = Path(__file__).parent.parent / "model_registry"
 
 class RegistryWarning(pytest.PytestWarning):
     """A registry lint: shown in the warnings summary, never fails the run."""
-
-
-@dataclass
-class SessionState:
-    """Everything the plugin keeps for one pytest process."""
-
-    settings: Settings
-    registry: Registry
-    registry_source: str
-    inventory: GpuInventory
-    results: ResultTable = field(default_factory=ResultTable)
-    # Seconds per model from the durations file, and those measured in this run.
-    durations: dict[str, DurationRecord] = field(default_factory=dict)
-    measured: dict[str, DurationRecord] = field(default_factory=dict)
-    # What --autodeploy-changed-since selected, and why.
-    changes: Any = None
-    _work_dir: Path | None = None
-    _world_sizes: dict[str, int] | None = None
-    # pytest's temporary folders rotate, so work folders do not pile up.
-    tmp_path_factory: Any = None
-
-    @property
-    def uses_gpus(self) -> bool:
-        return self.settings.command is not None
-
-    def world_sizes(self) -> dict[str, int]:
-        """Return the world size of every model by test id (computed once, read per report)."""
-        if self._world_sizes is None:
-            self._world_sizes = {
-                model.test_id: model.world_size for model in self.registry.models if model.world_size is not None
-            }
-        return self._world_sizes
-
-    @property
-    def work_dir(self) -> Path:
-        """A private folder for merged configs and command logs of this process."""
-        if self._work_dir is None:
-            base = self.tmp_path_factory.getbasetemp() if self.tmp_path_factory is not None else None
-            self._work_dir = Path(tempfile.mkdtemp(prefix="autodeploy-", dir=base))
-        return self._work_dir
-
-    def run_item(self, item: ModelItem) -> None:
-        model = item.model
-        if self.settings.command is None:
-            run_check(model, self.registry)
-            return
-
-        self._check_gpu_count(item)
-        manager = LeaseManager(self.settings.lock_dir or default_lock_dir(), self.inventory.ids)
-        config_path = write_merged_config(model, self.work_dir / "configs")
-        try:
-            lease = manager.acquire(
-                model.world_size, owner=f"{item.nodeid} (pid {os.getpid()})", timeout=self.settings.lease_timeout
-            )
-        except LeaseTimeout as error:
-            raise RunFailure(f"{error} (--autodeploy-lease-timeout)") from None
-        with lease:
-            item.user_properties[:] = [
-                (name, value) for name, value in item.user_properties if name != "gpus"
-            ] + [("gpus", ",".join(lease.gpus))]
-            run_model_command(
-                self.settings.command,
-                model,
-                config_path,
-                lease.gpus,
-                log_dir=self.work_dir / "logs",
-                timeout=self.settings.timeout,
-                pass_fds=lease.fds,
-            )
-
-    def too_few_gpus_reason(self, model: Model) -> str:
-        return too_few_gpus_reason(model.world_size or 0, self.inventory.count)
-
-    def _check_gpu_count(self, item: ModelItem) -> None:
-        if (item.model.world_size or 0) <= self.inventory.count:
-            return
-        reason = self.too_few_gpus_reason(item.model)
-        item.user_properties.append((TOO_FEW_GPUS, True))
-        if self.settings.strict_gpus:
-            raise RunFailure(f"{reason} (--autodeploy-strict-gpus)")
-        pytest.skip(reason)
-
-
-_STATE_KEY = pytest.StashKey[SessionState]()
-
-
-def too_few_gpus_reason(needed: int, available: int) -> str:
-    return f"needs {needed} GPU{'' if needed == 1 else 's'}, this node has {available}"
-
-
-def get_state(config: pytest.Config) -> SessionState:
-    return config.stash[_STATE_KEY]
 
 
 def _find_registry(config: pytest.Config, settings: Settings) -> tuple[Path, str]:
@@ -208,7 +116,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
     durations: dict[str, DurationRecord] = {}
     if settings.durations_path is not None:
-        if not _is_xdist_worker(config):
+        if not is_xdist_worker(config):
             check_writable_file(settings.durations_path, "--autodeploy-durations")
         try:
             durations = load_durations(settings.durations_path)
@@ -226,7 +134,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
     # NOTE: _tmp_path_factory is pytest's private handle on the factory behind
     # tmp_path; without it the work folders go to the system temp folder.
-    config.stash[_STATE_KEY] = SessionState(
+    config.stash[STATE_KEY] = SessionState(
         settings,
         registry,
         source,
@@ -236,7 +144,7 @@ def pytest_configure(config: pytest.Config) -> None:
         tmp_path_factory=getattr(config, "_tmp_path_factory", None),
     )
 
-    if not _is_xdist_worker(config):
+    if not is_xdist_worker(config):
         config.pluginmanager.register(DurationRecorder(get_state(config)), "autodeploy-durations")
 
     # With the flag and no test paths, collect only the registry.
@@ -245,7 +153,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_report_header(config: pytest.Config) -> list[str] | None:
-    if _STATE_KEY not in config.stash:
+    if STATE_KEY not in config.stash:
         return None
     state = get_state(config)
     registry = state.registry
@@ -258,7 +166,7 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
     config = parent.config
-    if _STATE_KEY not in config.stash:
+    if STATE_KEY not in config.stash:
         return None
     if file_path.resolve() != get_state(config).registry.models_path:
         return None
@@ -274,7 +182,7 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Col
 
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if _STATE_KEY not in config.stash:
+    if STATE_KEY not in config.stash:
         return
     state = get_state(config)
 
@@ -301,7 +209,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def pytest_collection(session: pytest.Session) -> None:
     config = session.config
     # Only the process that reports: each xdist worker would repeat every lint.
-    if _STATE_KEY not in config.stash or _is_xdist_worker(config):
+    if STATE_KEY not in config.stash or is_xdist_worker(config):
         return
     # Lints become pytest warnings, placed at the registry line they are about.
     lints = get_state(config).registry.warnings
@@ -357,7 +265,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "autodeploy_model" not in metafunc.fixturenames:
         return
     config = metafunc.config
-    if _STATE_KEY not in config.stash:
+    if STATE_KEY not in config.stash:
         return
     registry = get_state(config).registry
     if registry.errors:
@@ -367,70 +275,6 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         [pytest.param(model, id=model.test_id, marks=model_marks(model)) for model in registry.models],
         indirect=True,
     )
-
-
-@dataclass(frozen=True)
-class AutodeployModel:
-    """The registry entry a test runs for, as the ``autodeploy_model`` fixture gives it."""
-
-    name: str
-    config_id: str | None
-    yaml_extra: tuple[str, ...]
-    config: dict[str, Any]  # a deep copy: a test may change it freely
-    world_size: int
-    config_path: Path  # the merged config written as YAML
-    test_id: str
-
-
-@pytest.fixture
-def autodeploy_model(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> AutodeployModel:
-    """The registry entry of this test: name, config_id, merged config and world size."""
-    model = getattr(request, "param", None)
-    if not isinstance(model, Model):
-        pytest.skip("autodeploy_model needs --autodeploy-registry to parametrize this test")
-    folder = tmp_path_factory.mktemp("autodeploy-config")
-    # The same properties as built-in items, for reports, junitxml and the summary.
-    request.node.user_properties.extend(
-        [("model", model.name), ("config_id", model.config_id or ""), ("world_size", model.world_size)]
-    )
-    return AutodeployModel(
-        name=model.name,
-        config_id=model.config_id,
-        yaml_extra=model.entry.yaml_extra,
-        config=copy.deepcopy(model.config),
-        world_size=model.world_size,
-        config_path=write_merged_config(model, folder),
-        test_id=model.test_id,
-    )
-
-
-@pytest.fixture
-def autodeploy_gpus(autodeploy_model: AutodeployModel, request: pytest.FixtureRequest) -> Iterator[tuple[str, ...]]:
-    """GPU ids leased for this test's model: exactly its world size, held machine-wide.
-
-    A model that needs more GPUs than the node has is skipped, or fails with
-    --autodeploy-strict-gpus. Set CUDA_VISIBLE_DEVICES to these ids in the
-    child process that uses them.
-    """
-    state = get_state(request.config)
-    needed = autodeploy_model.world_size
-    if needed > state.inventory.count:
-        reason = too_few_gpus_reason(needed, state.inventory.count)
-        request.node.user_properties.append((TOO_FEW_GPUS, True))
-        if state.settings.strict_gpus:
-            pytest.fail(f"{reason} (--autodeploy-strict-gpus)", pytrace=False)
-        pytest.skip(reason)
-
-    manager = LeaseManager(state.settings.lock_dir or default_lock_dir(), state.inventory.ids)
-    try:
-        lease = manager.acquire(
-            needed, owner=f"{request.node.nodeid} (pid {os.getpid()})", timeout=state.settings.lease_timeout
-        )
-    except LeaseTimeout as error:
-        pytest.fail(f"{error} (--autodeploy-lease-timeout)", pytrace=False)
-    with lease:
-        request.node.user_properties.append(("gpus", ",".join(lease.gpus)))
-        yield lease.gpus
 
 
 @pytest.hookimpl(wrapper=True)
@@ -448,10 +292,6 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     elif report.passed:
         report.wasxfail = reason
     return report
-
-
-def _is_xdist_worker(config: pytest.Config) -> bool:
-    return hasattr(config, "workerinput")
 
 
 @pytest.hookimpl(optionalhook=True, tryfirst=True)
@@ -477,7 +317,7 @@ def _dist_given(config: pytest.Config) -> bool:
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """Schedule registry items by GPU-seconds with backfill when they run on GPUs."""
-    if _STATE_KEY not in config.stash:
+    if STATE_KEY not in config.stash:
         return None
     state = get_state(config)
     if not state.uses_gpus or state.inventory.count == 0 or _dist_given(config):
@@ -536,7 +376,7 @@ class DurationRecorder:
 
 @pytest.hookimpl(trylast=True)
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
-    if _STATE_KEY not in config.stash:
+    if STATE_KEY not in config.stash:
         return
     state = get_state(config)
     if state.changes is not None:
@@ -559,7 +399,3 @@ def _collect_results(terminalreporter: Any) -> ResultTable:
             if isinstance(report, pytest.TestReport):
                 table.record(report)
     return table
-
-
-def format_diagnostics(diagnostics: list[Diagnostic]) -> str:
-    return "\n".join(diagnostic.format() for diagnostic in diagnostics)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .diagnostics import Diagnostic
@@ -67,15 +69,13 @@ def lint_registry(registry: Registry) -> list[Diagnostic]:
             Diagnostic(message, path=path or registry.models_path, line=line, severity="warning", entry=entry)
         )
 
-    has_baseline = (registry.configs_dir / BASELINE_CONFIG).is_file()
-    used_names: set[str] = set()
+    try:
+        has_baseline = (registry.configs_dir / BASELINE_CONFIG).is_file()
+    except OSError:
+        has_baseline = False  # the loader reports a configs folder it cannot read
 
     for model in registry.models:
         entry = model.entry
-        # Count the names, not model.config_files, which stays empty when
-        # another file of the entry is missing or invalid.
-        used_names.update(entry.yaml_extra)
-
         if has_baseline and (not entry.yaml_extra or entry.yaml_extra[0] != BASELINE_CONFIG):
             warn(f"{model.test_id}: {BASELINE_CONFIG} is not first in yaml_extra; list it first so it sets the baseline", entry.line, model.test_id)
 
@@ -104,10 +104,41 @@ def lint_registry(registry: Registry) -> list[Diagnostic]:
                     model.test_id,
                 )
 
-    used = {registry.configs_dir / name for name in used_names}
-    for path in registry.config_files():
-        if path not in used:
-            # Line 1 keeps the FILE:LINE form that editors and CI annotations parse.
-            warn("config file is not used by any entry; use it or delete it", 1, path=path)
-
+    warnings.extend(_unused_config_warnings(registry))
     return warnings
+
+
+def _unused_config_warnings(registry: Registry) -> list[Diagnostic]:
+    """Return a warning for each file under ``configs/`` that no entry lists."""
+    # Without the entries of models.yaml, every file would look unused.
+    if registry.config_names is None:
+        return []
+
+    # Compare normalised and real paths, so "sub/../a.yaml" and a symlink
+    # to a.yaml both count as uses of a.yaml.
+    used: set[Path] = set()
+    for name in registry.config_names:
+        path = registry.configs_dir / os.path.normpath(name)
+        used.add(path)
+        used.add(_real_path(path))
+
+    warnings = []
+    for path in registry.config_files():
+        if path not in used and _real_path(path) not in used:
+            # Line 1 keeps the FILE:LINE form that editors and CI annotations parse.
+            warnings.append(
+                Diagnostic(
+                    "config file is not used by any entry; use it or delete it",
+                    path=path,
+                    line=1,
+                    severity="warning",
+                )
+            )
+    return warnings
+
+
+def _real_path(path: Path) -> Path:
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError, ValueError):
+        return path

@@ -8,6 +8,7 @@ one pass. Nothing here imports pytest.
 from __future__ import annotations
 
 import difflib
+import os
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -26,6 +27,10 @@ CONFIG_SCHEMA_FILE = "config.schema.json"
 
 TOP_LEVEL_KEYS = ("version", "description", "models")
 REQUIRED_ENTRY_KEYS = ("name", "yaml_extra")
+_MISSING_KEY_FIXES = {
+    "name": "add name: org/model with the model's Hugging Face id",
+    "yaml_extra": "add yaml_extra: with the list of config files to merge",
+}
 # xfail and skip are this project's extension of the v2.0 format.
 ENTRY_KEYS = ("name", "yaml_extra", "config_id", "xfail", "skip")
 
@@ -35,6 +40,9 @@ ENTRY_KEYS = ("name", "yaml_extra", "config_id", "xfail", "skip")
 # Use fullmatch with these: a "$" anchor would also accept a trailing newline.
 _SELECTABLE_NAME = re.compile(r"[\w.+\-/:]+")
 _CONFIG_ID = re.compile(r"[\w.+\-]+")
+# Hugging Face ids are far shorter; file names built from a test id must stay
+# within the 255-byte name limit of common file systems.
+MAX_NAME_LENGTH = 200
 
 
 @dataclass(frozen=True)
@@ -91,6 +99,9 @@ class Registry:
     models: list[Model] = field(default_factory=list)
     diagnostics: list[Diagnostic] = field(default_factory=list)
     config_documents: dict[Path, YamlDocument] = field(default_factory=dict)
+    # The yaml_extra names of every entry read, valid or not; None when
+    # models.yaml gave no list of entries (unreadable, invalid YAML, no models:).
+    config_names: set[str] | None = None
 
     @property
     def errors(self) -> list[Diagnostic]:
@@ -110,11 +121,18 @@ class Registry:
             raise RegistryError(self.errors)
 
     def config_files(self) -> list[Path]:
-        """Return every YAML file under ``configs/``, sorted."""
-        if not self.configs_dir.is_dir():
+        """Return every YAML file under ``configs/``, sorted.
+
+        Files in folders that cannot be read are left out, because the list
+        only serves suggestions and lints.
+        """
+        try:
+            if not self.configs_dir.is_dir():
+                return []
+            found = [*self.configs_dir.rglob("*.yaml"), *self.configs_dir.rglob("*.yml")]
+            return sorted(path for path in found if path.is_file())
+        except OSError:
             return []
-        found = [*self.configs_dir.rglob("*.yaml"), *self.configs_dir.rglob("*.yml")]
-        return sorted(path for path in found if path.is_file())
 
     def find(self, name: str, config_id: str | None = None) -> list[Model]:
         return [
@@ -127,18 +145,39 @@ class Registry:
 def resolve_registry_path(path: Path) -> tuple[Path, Path]:
     """Return ``(root, models_path)`` for a registry folder or its ``models.yaml``.
 
-    Raises :class:`RegistryError` when neither exists.
+    Raises :class:`RegistryError` when neither exists or it cannot be accessed.
     """
     path = path.expanduser()
+    try:
+        return _resolve_registry_path(path)
+    except OSError as error:
+        raise RegistryError(
+            [Diagnostic(f"cannot access the registry: {error.strerror}", path=Path(error.filename or path))]
+        ) from None
+
+
+def _resolve_registry_path(path: Path) -> tuple[Path, Path]:
     if path.is_dir():
         models_path = path / MODELS_FILE
-        if not models_path.is_file():
+        if models_path.is_dir():
             raise RegistryError(
-                [Diagnostic(f"no {MODELS_FILE} in registry folder; pass the folder that contains {MODELS_FILE}", path=path)]
+                [Diagnostic(f"{MODELS_FILE} is a folder, not a file; it must be the registry's YAML file", path=models_path)]
             )
+        if not models_path.is_file():
+            if path.suffix in (".yaml", ".yml"):
+                message = "is a folder, not a YAML file; pass a registry folder or its models.yaml"
+            else:
+                message = f"no {MODELS_FILE} in registry folder; pass the folder that contains {MODELS_FILE}"
+            raise RegistryError([Diagnostic(message, path=path)])
         return path.resolve(), models_path.resolve()
+
     if path.is_file():
+        if path.suffix not in (".yaml", ".yml"):
+            raise RegistryError(
+                [Diagnostic(f"not a {MODELS_FILE} file; pass a registry folder or its {MODELS_FILE}", path=path)]
+            )
         return path.parent.resolve(), path.resolve()
+
     raise RegistryError(
         [Diagnostic("registry not found; pass a registry folder or its models.yaml", path=path)]
     )
@@ -161,6 +200,8 @@ class _Loader:
         # distinct list of files is merged once.
         self._config_cache: dict[Path, YamlDocument | None] = {}
         self._path_cache: dict[str, Path | None] = {}
+        # The real path of each config path, to find one file listed under two names.
+        self._real_paths: dict[Path, Path] = {}
         self._resolved: dict[tuple[str, ...], tuple[tuple[Path, ...], MergedConfig, Any]] = {}
         self._merge_cache: dict[tuple[Path, ...], tuple[MergedConfig | None, Any, list[Diagnostic]]] = {}
 
@@ -236,6 +277,7 @@ class _Loader:
             )
             return []
 
+        self.registry.config_names = set()
         entries = []
         for index, raw in enumerate(models):
             entry = self._read_entry(index, raw, document)
@@ -268,7 +310,7 @@ class _Loader:
                 )
         for key in REQUIRED_ENTRY_KEYS:
             if key not in raw:
-                self.error(f"{label} is missing '{key}'", line)
+                self.error(f"{label} is missing '{key}'; {_MISSING_KEY_FIXES[key]}", line)
 
         if "name" in raw:
             self._check_name(name, key_line("name"))
@@ -281,6 +323,9 @@ class _Loader:
             )
 
         yaml_extra = self._check_yaml_extra(raw.get("yaml_extra"), label, key_line("yaml_extra")) if "yaml_extra" in raw else None
+        if yaml_extra is not None:
+            # Also from entries with errors, so the unused-file lint skips their files.
+            self.registry.config_names.update(yaml_extra)
 
         reasons = {}
         for key in ("xfail", "skip"):
@@ -313,6 +358,18 @@ class _Loader:
     def _check_name(self, name: Any, line: int | None) -> None:
         if not isinstance(name, str) or not name:
             self.error(f"name must be a non-empty string such as org/model, got {name!r}", line)
+        elif len(name) > MAX_NAME_LENGTH:
+            self.error(
+                f"name {name[:40]!r}... is {len(name)} characters long; use at most {MAX_NAME_LENGTH}, "
+                "because file names built from it must fit the file system's limit",
+                line,
+            )
+        elif name.startswith("-"):
+            self.error(
+                f"name {name!r} starts with '-', so a command would read it as an option; "
+                "start it with a letter or digit",
+                line,
+            )
         elif not _SELECTABLE_NAME.fullmatch(name):
             bad = sorted({repr(char) for char in name if not _SELECTABLE_NAME.fullmatch(char)})
             self.error(
@@ -375,7 +432,7 @@ class _Loader:
             return
 
         paths: list[Path] = []
-        seen: dict[Path, str] = {}
+        seen: dict[Path, str] = {}  # by real path
         ok = True
 
         for name in entry.yaml_extra:
@@ -383,11 +440,13 @@ class _Loader:
             if path is None:
                 ok = False
                 continue
-            if path in seen:
+            # Two names may reach one file: "sub/../a.yaml", or a symlink in configs/.
+            real = self._real_paths.get(path, path)
+            if real in seen:
                 self._entry_error(model, f"{model.test_id} lists {name!r} twice in yaml_extra; remove one")
                 ok = False
                 continue
-            seen[path] = name
+            seen[real] = name
             paths.append(path)
         if not ok:
             return
@@ -449,8 +508,9 @@ class _Loader:
 
     def _config_path(self, name: str, model: Model) -> Path | None:
         configs_dir = self.registry.configs_dir
-        relative = Path(name)
-        if relative.is_absolute() or ".." in relative.parts:
+        # "sub/../a.yaml" stays inside configs/, which only the normalised path shows.
+        relative = os.path.normpath(name)
+        if os.path.isabs(relative) or relative == os.pardir or relative.startswith(os.pardir + os.sep):
             self._entry_error(
                 model,
                 f"config path {name!r} in {model.test_id} leaves {CONFIGS_DIR}/; "
@@ -459,12 +519,24 @@ class _Loader:
             return None
 
         path = configs_dir / relative
-        # A symlink could still point outside configs/, so compare real paths.
         try:
+            # A symlink could still point outside configs/, so compare real paths.
             real = path.resolve()
             inside = real.is_relative_to(configs_dir.resolve())
-        except (OSError, RuntimeError):
-            inside = False
+            is_file = path.is_file()
+            is_folder = not is_file and path.is_dir()
+        except OSError as error:
+            self._entry_error(model, f"cannot access config file {name!r} of {model.test_id}: {error.strerror}")
+            return None
+        except RuntimeError:
+            # Python before 3.13 raises this for a symlink loop.
+            self._entry_error(model, f"config path {name!r} of {model.test_id} is a symlink loop; fix the link")
+            return None
+        except ValueError:
+            # A NUL character, which no file name may contain.
+            self._entry_error(model, f"config path {name!r} of {model.test_id} is not a valid file name")
+            return None
+
         if not inside:
             self._entry_error(
                 model,
@@ -472,10 +544,16 @@ class _Loader:
                 "config files must live in the registry's configs folder",
             )
             return None
-
-        if not path.is_file():
+        if is_folder:
+            self._entry_error(
+                model, f"config path {name!r} of {model.test_id} is a folder, not a file; name a YAML file"
+            )
+            return None
+        if not is_file:
             self._entry_error(model, f"config file {name!r} of {model.test_id} not found in {configs_dir}{self._near_match(name)}")
             return None
+
+        self._real_paths[path] = real
         return path
 
     def _near_match(self, name: str) -> str:

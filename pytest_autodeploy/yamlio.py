@@ -29,6 +29,14 @@ _SEQ_TAG = "tag:yaml.org,2002:seq"
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 _STR_TAG = "tag:yaml.org,2002:str"
 
+# Aliases nested in anchors multiply the data: a few hundred bytes can expand
+# to billions of values. Values built again through aliases are counted, and a
+# file may repeat at most this many, or as many as it has characters if more.
+ALIAS_VALUE_LIMIT = 100_000
+# Lists and mappings nested deeper than this are rejected before Python's
+# recursion limit (1000 frames by default) is reached; configs nest a few levels.
+MAX_NESTING_DEPTH = 100
+
 
 @dataclass
 class YamlDocument:
@@ -72,7 +80,7 @@ def _mark_column(mark: Any) -> int | None:
 class _Builder:
     """Turns a composed node tree into Python data, collecting problems on the way."""
 
-    def __init__(self, path: Path, loader: Any) -> None:
+    def __init__(self, path: Path, loader: Any, repeated_limit: int = ALIAS_VALUE_LIMIT) -> None:
         self.path = path
         self.loader = loader
         self.lines: dict[KeyPath, int] = {}
@@ -80,8 +88,11 @@ class _Builder:
         self.data_intact = True
         # Aliases point at nodes already seen. A recursive alias would loop forever.
         self._active: set[int] = set()
-        # Number of pairs that merge keys added to each mapping node, by node id.
-        self._merged_counts: dict[int, int] = {}
+        # Ids of the collection nodes built at least once; building one again
+        # means an alias reached it, and its children count as repeated values.
+        self._built: set[int] = set()
+        self.repeated_values = 0
+        self.repeated_limit = repeated_limit
 
     def problem(self, message: str, node: Any, *, data_intact: bool = False) -> None:
         # Only a duplicate key leaves the data as the file reads (the last
@@ -107,6 +118,15 @@ class _Builder:
         if id(node) in self._active:
             self.problem("recursive YAML alias; expand the anchor by hand", node)
             return None
+        # Each level costs a few Python stack frames; libyaml itself stops at 1000 levels.
+        if len(self._active) >= MAX_NESTING_DEPTH:
+            self.problem(f"YAML nesting is deeper than {MAX_NESTING_DEPTH} levels; flatten the data", node)
+            return None
+
+        if id(node) in self._built:
+            self.count_repeated(node)
+        else:
+            self._built.add(id(node))
 
         self._active.add(id(node))
         try:
@@ -117,6 +137,12 @@ class _Builder:
             return self._build_scalar(node)
         finally:
             self._active.discard(id(node))
+
+    def count_repeated(self, node: Any) -> None:
+        """Count the children of a collection node built again through an alias."""
+        self.repeated_values += len(node.value)
+        if self.repeated_values > self.repeated_limit:
+            raise _AliasLimitError(node)
 
     def _build_scalar(self, node: Any) -> Any:
         # The safe constructor builds only plain types, and it raises for
@@ -148,26 +174,22 @@ class _Builder:
             self.problem(f"YAML tag {node.tag!r} is not allowed; use a plain mapping", node)
             return {}
 
-        # Merge keys (<<: *anchor) are legal YAML. Their pairs come first and
-        # explicit keys may override them, so only explicit keys count as duplicates.
-        # flatten_mapping rewrites the node in place, so a node reached again
-        # through an alias reuses the count taken before its first flattening.
-        merged_count = self._merged_counts.get(id(node))
-        if merged_count is None:
-            explicit_count = sum(1 for key, _ in node.value if key.tag != _MERGE_TAG)
-            # Most mappings have no merge key, and flattening costs time on big files.
-            if explicit_count < len(node.value):
-                try:
-                    self.loader.flatten_mapping(node)
-                except yaml.constructor.ConstructorError as error:
-                    self.problem(f"invalid YAML merge key: {error.problem}", node)
-                    return {}
-            merged_count = len(node.value) - explicit_count
-            self._merged_counts[id(node)] = merged_count
-
+        pairs = node.value
         result: dict[Any, Any] = {}
+        # Merge keys (<<: *anchor) are legal YAML. Their pairs come first and
+        # explicit keys override them, so only explicit keys count as duplicates.
+        # A loop with break is cheaper than any(), and most mappings have no merge key.
+        for key_node, _ in pairs:
+            if key_node.tag == _MERGE_TAG:
+                merged = self._build_merged(node, key_path)
+                if merged is None:
+                    return {}
+                result.update(merged)
+                pairs = [pair for pair in pairs if pair[0].tag != _MERGE_TAG]
+                break
+
         first_lines: dict[Any, int | None] = {}
-        for position, (key_node, value_node) in enumerate(node.value):
+        for key_node, value_node in pairs:
             # Plain string keys are the common case; build() handles the rest.
             if key_node.tag == _STR_TAG and isinstance(key_node, yaml.ScalarNode):
                 key = key_node.value
@@ -180,16 +202,14 @@ class _Builder:
                     continue
 
             line = key_node.start_mark.line + 1
-            is_explicit = position >= merged_count
-            if is_explicit and key in first_lines:
+            if key in first_lines:
                 self.problem(
                     f"duplicate key {key!r} (first set on line {first_lines[key]}); "
                     "YAML keeps only the last value, so remove one of them",
                     key_node,
                     data_intact=True,
                 )
-            if is_explicit:
-                first_lines[key] = line
+            first_lines[key] = line
 
             child_path = key_path + (key,)
             self.lines[child_path] = line
@@ -199,34 +219,128 @@ class _Builder:
                 result[key] = self.build(value_node, child_path)
         return result
 
+    def _build_merged(self, node: Any, key_path: KeyPath) -> dict[Any, Any] | None:
+        """Return the pairs that the merge keys of a mapping node add, or None if one is invalid.
+
+        A mapping earlier in ``<<: [*a, *b]`` overrides a later one, as in the
+        examples of the merge key type (yaml.org/type/merge.html); PyYAML 6.0.3
+        lets the later one win for most keys. Several merge keys act as one list.
+        """
+        sources = []
+        for key_node, value_node in node.value:
+            if key_node.tag != _MERGE_TAG:
+                continue
+            if isinstance(value_node, yaml.MappingNode):
+                sources.append(value_node)
+                continue
+            if not isinstance(value_node, yaml.SequenceNode):
+                self.problem(
+                    f"invalid YAML merge key: expected a mapping or list of mappings for merging, but found {value_node.id}",
+                    value_node,
+                )
+                return None
+
+            # The list itself may be an alias too, so count it like build() would.
+            if id(value_node) in self._built:
+                self.count_repeated(value_node)
+            else:
+                self._built.add(id(value_node))
+            for item in value_node.value:
+                if not isinstance(item, yaml.MappingNode):
+                    self.problem(f"invalid YAML merge key: expected a mapping for merging, but found {item.id}", item)
+                    return None
+                sources.append(item)
+
+        # Build the last source first: the lines of earlier sources, which win,
+        # then overwrite the lines that build() recorded for the same keys.
+        merged: dict[Any, Any] = {}
+        for source in reversed(sources):
+            built = self.build(source, key_path)
+            if built is None:
+                return None  # a recursive alias, already reported
+            merged.update(built)
+        return merged
+
+
+class _AliasLimitError(Exception):
+    """Raised by the builder when aliases repeat more values than a file may."""
+
+    def __init__(self, node: Any) -> None:
+        super().__init__()
+        self.node = node
+
+
+def _reader_error_diagnostic(error: yaml.reader.ReaderError, text: str, path: Path) -> Diagnostic:
+    """Return the diagnostic for a character that YAML does not allow, with its line and column."""
+    # The C reader counts ``position`` in UTF-8 bytes and the Python one in
+    # characters. The reported character is the first disallowed one, so its
+    # first occurrence in the text is where it is.
+    position = text.find(chr(error.character)) if isinstance(error.character, int) else -1
+    if position < 0:
+        return Diagnostic(f"invalid YAML: {error.reason}; fix the file", path=path)
+
+    line = text.count("\n", 0, position) + 1
+    column = position - text.rfind("\n", 0, position)
+    return Diagnostic(
+        f"invalid YAML: character U+{error.character:04X} is not allowed in a YAML file; "
+        f"remove it, or write it as the escape \"\\u{error.character:04X}\" inside a double-quoted string",
+        path=path,
+        line=line,
+        column=column,
+    )
+
+
+def _error_diagnostic(error: yaml.YAMLError, text: str, path: Path) -> Diagnostic:
+    """Return the diagnostic for a PyYAML error, without PyYAML's own position lines."""
+    if isinstance(error, yaml.reader.ReaderError):
+        return _reader_error_diagnostic(error, text, path)
+    if isinstance(error, yaml.MarkedYAMLError):
+        mark = error.problem_mark or error.context_mark
+        reason = error.problem or error.context or "invalid YAML"
+        return Diagnostic(
+            f"invalid YAML: {reason}; fix the syntax",
+            path=path,
+            line=_mark_line(mark),
+            column=_mark_column(mark),
+        )
+    first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+    return Diagnostic(f"invalid YAML: {first_line}", path=path)
+
 
 def parse_yaml(text: str, path: Path) -> YamlDocument:
     """Parse YAML text safely; raise :class:`YamlLoadError` listing every problem."""
-    loader = SafeLoader(text)
+    try:
+        # The Python loader checks the characters while it is created, the C one later.
+        loader = SafeLoader(text)
+    except yaml.YAMLError as error:
+        raise YamlLoadError([_error_diagnostic(error, text, path)]) from None
+
     try:
         try:
             node = loader.get_single_node()
-        except yaml.MarkedYAMLError as error:
-            mark = error.problem_mark or error.context_mark
-            reason = error.problem or error.context or "invalid YAML"
-            raise YamlLoadError(
-                [
-                    Diagnostic(
-                        f"invalid YAML: {reason}; fix the syntax",
-                        path=path,
-                        line=_mark_line(mark),
-                        column=_mark_column(mark),
-                    )
-                ]
-            ) from None
         except yaml.YAMLError as error:
-            raise YamlLoadError([Diagnostic(f"invalid YAML: {error}", path=path)]) from None
+            raise YamlLoadError([_error_diagnostic(error, text, path)]) from None
+        except RecursionError:
+            # Only the Python composer recurses per level; libyaml reports its own limit.
+            raise YamlLoadError(
+                [Diagnostic("invalid YAML: lists or mappings are nested too deeply; flatten the data", path=path)]
+            ) from None
 
         if node is None:
             return YamlDocument(path=path, data=None)
 
-        builder = _Builder(path, loader)
-        data = builder.build(node, ())
+        builder = _Builder(path, loader, repeated_limit=max(ALIAS_VALUE_LIMIT, len(text)))
+        try:
+            data = builder.build(node, ())
+        except _AliasLimitError as error:
+            expanded = Diagnostic(
+                f"YAML aliases expand to more than {builder.repeated_limit:,} values, because aliases "
+                "inside anchored data multiply it; write the repeated data out or nest fewer aliases",
+                path=path,
+                line=_mark_line(error.node.start_mark),
+                column=_mark_column(error.node.start_mark),
+            )
+            raise YamlLoadError([*builder.problems, expanded]) from None
         builder.lines[()] = _mark_line(node.start_mark) or 1
     finally:
         loader.dispose()
@@ -276,7 +390,7 @@ CACHE_MIN_BYTES = 64 * 1024
 # Entries kept per cache folder: one per recent version of a large models.yaml.
 _CACHE_ENTRIES = 8
 # Part of the cache key, so that a change in how files are read invalidates old entries.
-_CACHE_FORMAT = b"pytest-autodeploy-yaml-1"
+_CACHE_FORMAT = b"pytest-autodeploy-yaml-2"
 
 
 def _cache_path(cache_dir: Path, raw: bytes) -> Path:

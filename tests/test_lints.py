@@ -35,7 +35,7 @@ def root(tmp_path: Path) -> Path:
 
 
 def load(root: Path, entries: str, configs: dict[str, str] | None = None) -> Registry:
-    (root / "configs").mkdir(parents=True)
+    (root / "configs").mkdir(parents=True, exist_ok=True)
     (root / "models.yaml").write_text(HEADER + textwrap.dedent(entries) + USE_ALL)
     for name, text in {**CONFIGS, **(configs or {})}.items():
         (root / "configs" / name).write_text(text)
@@ -249,3 +249,89 @@ def test_parameter_count_ignores_org() -> None:
 )
 def test_guideline_world_sizes(billions: float, sizes: tuple[int, ...]) -> None:
     assert guideline_world_sizes(billions) == sizes
+
+
+@pytest.mark.parametrize(
+    "models",
+    [
+        pytest.param("version: '2.0'\nmodels: [\n", id="invalid-yaml"),
+        pytest.param("version: '2.0'\n", id="no-models-list"),
+    ],
+)
+def test_lint_unused_skipped_without_entries(root: Path, models: str) -> None:
+    (root / "configs").mkdir(parents=True)
+    (root / "models.yaml").write_text(models)
+    for name, text in CONFIGS.items():
+        (root / "configs" / name).write_text(text)
+
+    registry = load_registry(root)
+
+    assert len(registry.errors) == 1
+    assert warnings(registry) == []
+
+
+def test_lint_unused_skipped_unreadable_models(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    load(root, "")
+    models = root / "models.yaml"
+    original = Path.read_bytes
+
+    def read_bytes(path: Path) -> bytes:
+        if path == models:
+            raise PermissionError(13, "Permission denied", str(path))
+        return original(path)
+
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+
+    registry = load_registry(root)
+
+    assert [diagnostic.format() for diagnostic in registry.errors] == [
+        f"{models}: error: cannot read file: Permission denied"
+    ]
+    assert warnings(registry) == []
+
+
+def test_lint_config_used_through_parent_path(root: Path) -> None:
+    registry = load(
+        root,
+        "- name: org/a\n  yaml_extra: [dashboard_default.yaml, world_size_1.yaml, sub/../tuned.yaml]\n",
+        {"tuned.yaml": "max_batch_size: 4\n"},
+    )
+
+    assert registry.errors == []
+    assert warnings(registry) == []
+
+
+def test_lint_config_used_through_symlink(root: Path) -> None:
+    (root / "configs").mkdir(parents=True)
+    (root / "configs" / "tuned.yaml").write_text("max_batch_size: 4\n")
+    (root / "configs" / "tuned_alias.yaml").symlink_to(root / "configs" / "tuned.yaml")
+
+    registry = load(
+        root,
+        "- name: org/a\n  yaml_extra: [dashboard_default.yaml, world_size_1.yaml, tuned_alias.yaml]\n",
+    )
+
+    assert registry.errors == []
+    assert warnings(registry) == []
+
+
+def test_lint_unreadable_baseline(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (root / "configs").mkdir(parents=True)
+    baseline = root / "configs" / "dashboard_default.yaml"
+    original = Path.is_file
+
+    def is_file(path: Path) -> bool:
+        if path == baseline:
+            raise PermissionError(13, "Permission denied", str(path))
+        return original(path)
+
+    monkeypatch.setattr(Path, "is_file", is_file)
+
+    registry = load(root, "")
+
+    assert [diagnostic.format() for diagnostic in registry.errors] == [
+        f"{root / 'models.yaml'}:{line}: error: cannot access config file 'dashboard_default.yaml' of "
+        f"org/uses-ws{size}: Permission denied"
+        for line, size in [(3, 1), (4, 2), (5, 4), (6, 8)]
+    ]
+    assert warnings(registry) == []

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import textwrap
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -215,13 +217,15 @@ def test_entry_missing_name(root: Path) -> None:
         + "  yaml_extra: [dashboard_default.yaml, world_size_1.yaml]\n",
     )
 
-    assert errors(registry) == [f"{models_file(root)}:4: error: entry 2 is missing 'name'"]
+    assert errors(registry) == [
+        f"{models_file(root)}:4: error: entry 2 is missing 'name'; add name: org/model with the model's Hugging Face id"
+    ]
 
 
 def test_entry_missing_yaml_extra(root: Path) -> None:
     registry = load(root, HEADER + "- name: org/a\n  config_id: ws1\n")
 
-    assert errors(registry) == [f"{models_file(root)}:3: error: org/a is missing 'yaml_extra'"]
+    assert errors(registry) == [f"{models_file(root)}:3: error: org/a is missing 'yaml_extra'; add yaml_extra: with the list of config files to merge"]
 
 
 def test_entry_unknown_key_suggests(root: Path) -> None:
@@ -230,7 +234,7 @@ def test_entry_unknown_key_suggests(root: Path) -> None:
     assert errors(registry) == [
         f"{models_file(root)}:4: error: unknown key 'yaml_extras' in org/a; did you mean 'yaml_extra'? "
         "(allowed keys: name, yaml_extra, config_id, xfail, skip)",
-        f"{models_file(root)}:3: error: org/a is missing 'yaml_extra'",
+        f"{models_file(root)}:3: error: org/a is missing 'yaml_extra'; add yaml_extra: with the list of config files to merge",
     ]
 
 
@@ -906,7 +910,7 @@ def test_all_errors_count(broken_registry: Registry) -> None:
     [
         pytest.param("models.yaml", "1", "unsupported registry version '1.0'", id="version"),
         pytest.param("models.yaml", "4", "unknown key 'yaml_extras' in org/unknown-key; did you mean 'yaml_extra'?", id="unknown-key"),
-        pytest.param("models.yaml", "3", "org/unknown-key is missing 'yaml_extra'", id="missing-yaml-extra"),
+        pytest.param("models.yaml", "3", "org/unknown-key is missing 'yaml_extra'; add yaml_extra: with the list of config files to merge", id="missing-yaml-extra"),
         pytest.param("models.yaml", "6", "yaml_extra of org/string-extra must be a list, got the string", id="string-extra"),
         pytest.param("models.yaml", "8", "config file 'world_size_2.yml' of org/missing-file not found in", id="missing-file"),
         pytest.param("models.yaml", "10", "config path '../outside.yaml' in org/escape leaves configs/", id="escape"),
@@ -1007,5 +1011,238 @@ def test_duplicate_key_does_not_hide_entry_errors(root: Path) -> None:
     messages = sorted(errors(registry))
     assert len(messages) == 3
     assert messages[0].startswith(f"{models_file(root)}:4:3: error: duplicate key 'name' (first set on line 3)")
-    assert messages[1] == f"{models_file(root)}:6: error: org/c is missing 'yaml_extra'"
+    assert messages[1] == f"{models_file(root)}:6: error: org/c is missing 'yaml_extra'; add yaml_extra: with the list of config files to merge"
     assert messages[2].startswith(f"{models_file(root)}:7: error: unknown key 'yaml_extras' in org/c; did you mean 'yaml_extra'?")
+
+
+# --- hostile and unusual input -------------------------------------------------
+
+
+def alias_bomb(levels: int) -> str:
+    """Return YAML whose anchors each repeat the previous one nine times: 9**levels values."""
+    lines = ["l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    for level in range(1, levels):
+        lines.append(f"l{level}: &l{level} [" + ", ".join([f"*l{level - 1}"] * 9) + "]")
+    return "\n".join(lines) + "\n"
+
+
+ALIAS_ERROR = (
+    "error: YAML aliases expand to more than 100,000 values, because aliases inside anchored data "
+    "multiply it; write the repeated data out or nest fewer aliases"
+)
+
+
+def test_alias_bomb_in_config(root: Path) -> None:
+    start = time.monotonic()
+
+    registry = load(
+        root,
+        HEADER + "- name: org/a\n  yaml_extra: [dashboard_default.yaml, world_size_1.yaml, bomb.yaml]\n",
+        {"bomb.yaml": alias_bomb(7)},
+    )
+
+    assert time.monotonic() - start < 2
+    assert errors(registry) == [f"{config_file(root, 'bomb.yaml')}:1:5: {ALIAS_ERROR}"]
+
+
+def test_alias_bomb_in_models_yaml(root: Path) -> None:
+    start = time.monotonic()
+
+    registry = load(root, HEADER + "- name: org/a\n  yaml_extra: [world_size_1.yaml]\n" + alias_bomb(7))
+
+    assert time.monotonic() - start < 2
+    assert errors(registry) == [f"{models_file(root)}:5:5: {ALIAS_ERROR}"]
+
+
+def test_aliases_and_merge_keys_in_registry(root: Path) -> None:
+    registry = load(
+        root,
+        "version: '2.0'\n"
+        "x-files: &files [dashboard_default.yaml, world_size_1.yaml]\n"
+        "x-entry: &entry {yaml_extra: *files}\n"
+        "models:\n"
+        "- <<: *entry\n"
+        "  name: org/a-1B\n"
+        "- <<: *entry\n"
+        "  name: org/b-1B\n",
+    )
+
+    assert registry.errors == []
+    assert [model.test_id for model in registry.models] == ["org/a-1B", "org/b-1B"]
+    assert [model.world_size for model in registry.models] == [1, 1]
+
+
+def test_nul_character_in_models_yaml(root: Path) -> None:
+    registry = load(root, HEADER + "- name: org/a\x00\n  yaml_extra: [world_size_1.yaml]\n")
+
+    assert errors(registry) == [
+        f"{models_file(root)}:3:14: error: invalid YAML: character U+0000 is not allowed in a YAML file; "
+        'remove it, or write it as the escape "\\u0000" inside a double-quoted string'
+    ]
+
+
+def test_config_path_through_subfolder_parent(root: Path) -> None:
+    registry = load(
+        root,
+        HEADER + "- name: org/a\n  yaml_extra: [dashboard_default.yaml, sub/../world_size_1.yaml]\n",
+        {"sub/other.yaml": "{}\n"},
+    )
+
+    assert errors(registry) == []
+    assert registry.models[0].world_size == 1
+    assert registry.models[0].config_files[1] == root / "configs" / "world_size_1.yaml"
+
+
+def test_config_path_parent_after_subfolder(root: Path) -> None:
+    registry = load(root, HEADER + "- name: org/a\n  yaml_extra: [dashboard_default.yaml, sub/../../x.yaml]\n")
+
+    assert errors(registry) == [
+        f"{models_file(root)}:4: error: config path 'sub/../../x.yaml' in org/a leaves configs/; "
+        f"use a file name relative to {root / 'configs'}"
+    ]
+
+
+def test_config_path_is_folder(root: Path) -> None:
+    registry = load(
+        root,
+        HEADER + "- name: org/a\n  yaml_extra: [dashboard_default.yaml, world_size_1.yaml, sub]\n",
+        {"sub/other.yaml": "{}\n"},
+    )
+
+    assert errors(registry) == [
+        f"{models_file(root)}:4: error: config path 'sub' of org/a is a folder, not a file; name a YAML file"
+    ]
+
+
+def test_config_permission_denied(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # chmod 000 does not stop root, so the check of the file itself fails instead.
+    write_registry(root, HEADER)
+    configs = root / "configs"
+    original = Path.is_file
+
+    def is_file(path: Path) -> bool:
+        if path.parent == configs:
+            raise PermissionError(13, "Permission denied", str(path))
+        return original(path)
+
+    monkeypatch.setattr(Path, "is_file", is_file)
+
+    registry = load(root, HEADER + "- name: org/a\n  yaml_extra: [world_size_1.yaml]\n")
+
+    assert errors(registry) == [
+        f"{models_file(root)}:4: error: cannot access config file 'world_size_1.yaml' of org/a: Permission denied"
+    ]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads folders whatever their mode")
+def test_configs_folder_unreadable(root: Path) -> None:
+    write_registry(root, HEADER)
+    configs = root / "configs"
+    (root / "models.yaml").write_text(HEADER + "- name: org/a\n  yaml_extra: [world_size_1.yaml]\n")
+    configs.chmod(0)
+    try:
+        registry = load_registry(root)
+    finally:
+        configs.chmod(0o755)
+
+    assert errors(registry) == [
+        f"{models_file(root)}:4: error: cannot access config file 'world_size_1.yaml' of org/a: Permission denied"
+    ]
+
+
+def test_config_listed_twice_through_symlink(root: Path) -> None:
+    write_registry(root, HEADER)
+    (root / "configs" / "ws1_alias.yaml").symlink_to(root / "configs" / "world_size_1.yaml")
+
+    registry = load(
+        root, HEADER + "- name: org/a\n  yaml_extra: [dashboard_default.yaml, world_size_1.yaml, ws1_alias.yaml]\n"
+    )
+
+    assert errors(registry) == [
+        f"{models_file(root)}:4: error: org/a lists 'ws1_alias.yaml' twice in yaml_extra; remove one"
+    ]
+
+
+def test_config_listed_twice_through_dot(root: Path) -> None:
+    registry = load(
+        root, HEADER + "- name: org/a\n  yaml_extra: [dashboard_default.yaml, world_size_1.yaml, ./world_size_1.yaml]\n"
+    )
+
+    assert errors(registry) == [
+        f"{models_file(root)}:4: error: org/a lists './world_size_1.yaml' twice in yaml_extra; remove one"
+    ]
+
+
+def test_name_too_long(root: Path) -> None:
+    name = "org/" + "m" * 197
+
+    registry = load(root, HEADER + f"- name: {name}\n  yaml_extra: [world_size_1.yaml]\n")
+
+    assert errors(registry) == [
+        f"{models_file(root)}:3: error: name {name[:40]!r}... is 201 characters long; use at most 200, "
+        "because file names built from it must fit the file system's limit"
+    ]
+
+
+def test_name_at_length_limit(root: Path) -> None:
+    registry = load(root, HEADER + f"- name: org/{'m' * 196}\n  yaml_extra: [world_size_1.yaml]\n")
+
+    assert registry.errors == []
+
+
+def test_name_starts_with_dash(root: Path) -> None:
+    registry = load(root, HEADER + "- name: --collect-only\n  yaml_extra: [world_size_1.yaml]\n")
+
+    assert errors(registry) == [
+        f"{models_file(root)}:3: error: name '--collect-only' starts with '-', so a command would read it "
+        "as an option; start it with a letter or digit"
+    ]
+
+
+def test_registry_path_not_yaml(tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text("# models\n")
+
+    with pytest.raises(RegistryError) as caught:
+        resolve_registry_path(readme)
+
+    assert [diagnostic.format() for diagnostic in caught.value.diagnostics] == [
+        f"{readme}: error: not a models.yaml file; pass a registry folder or its models.yaml"
+    ]
+
+
+def test_registry_models_yaml_is_folder(tmp_path: Path) -> None:
+    (tmp_path / "models.yaml").mkdir()
+
+    with pytest.raises(RegistryError) as caught:
+        resolve_registry_path(tmp_path)
+
+    assert [diagnostic.format() for diagnostic in caught.value.diagnostics] == [
+        f"{tmp_path / 'models.yaml'}: error: models.yaml is a folder, not a file; it must be the registry's YAML file"
+    ]
+
+
+def test_registry_path_yaml_folder(tmp_path: Path) -> None:
+    folder = tmp_path / "models.yaml"
+    folder.mkdir()
+
+    with pytest.raises(RegistryError) as caught:
+        resolve_registry_path(folder)
+
+    assert [diagnostic.format() for diagnostic in caught.value.diagnostics] == [
+        f"{folder}: error: is a folder, not a YAML file; pass a registry folder or its models.yaml"
+    ]
+
+
+def test_registry_path_permission_denied(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def is_dir(path: Path) -> bool:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(Path, "is_dir", is_dir)
+
+    with pytest.raises(RegistryError) as caught:
+        resolve_registry_path(tmp_path / "registry")
+
+    assert [diagnostic.format() for diagnostic in caught.value.diagnostics] == [
+        f"{tmp_path / 'registry'}: error: cannot access the registry: Permission denied"
+    ]

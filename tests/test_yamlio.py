@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
+import yaml
 
+from pytest_autodeploy import yamlio
 from pytest_autodeploy.yamlio import YamlLoadError, load_yaml, parse_yaml
 
 PATH = Path("configs/example.yaml")
@@ -419,3 +422,125 @@ def test_cache_changed_file_not_stale(tmp_path: Path) -> None:
     document = load_yaml(path, cache_dir)
 
     assert len(document.data["models"]) == 2001
+
+
+# --- hostile input -------------------------------------------------------------
+
+
+def alias_bomb(levels: int) -> str:
+    """Return YAML whose anchors each repeat the previous one nine times: 9**levels values."""
+    lines = ["l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    for level in range(1, levels):
+        aliases = ", ".join([f"*l{level - 1}"] * 9)
+        lines.append(f"l{level}: &l{level} [{aliases}]")
+    return "\n".join(lines) + "\n"
+
+
+def test_alias_bomb_rejected() -> None:
+    text = alias_bomb(7)
+    start = time.monotonic()
+
+    with pytest.raises(YamlLoadError) as caught:
+        parse_yaml(text, PATH)
+
+    assert time.monotonic() - start < 2
+    assert caught.value.document is None
+    assert [diagnostic.format() for diagnostic in caught.value.diagnostics] == [
+        "configs/example.yaml:1:5: error: YAML aliases expand to more than 100,000 values, because "
+        "aliases inside anchored data multiply it; write the repeated data out or nest fewer aliases"
+    ]
+
+
+def test_alias_limit_grows_with_file() -> None:
+    # 1,000 aliases of a 200-item list repeat 200,000 values, which a file of
+    # this size (over 200,000 characters) may do.
+    items = ", ".join(["x"] * 200)
+    text = f"base: &base [{items}]\ncopies:\n" + "- *base\n" * 1000 + "# padding\n" * 20_000
+
+    document = parse_yaml(text, PATH)
+
+    assert len(document.data["copies"]) == 1000
+    assert document.data["copies"][999] == ["x"] * 200
+
+
+def test_aliases_and_merge_keys_load() -> None:
+    document = parse(
+        """\
+        defaults: &defaults
+          runtime: trtllm
+          sizes: &sizes [1, 2, 4]
+        one:
+          <<: *defaults
+          world_size: 1
+        two:
+          <<: *defaults
+          sizes: *sizes
+          world_size: 2
+        """
+    )
+
+    assert document.data["one"] == {"runtime": "trtllm", "sizes": [1, 2, 4], "world_size": 1}
+    assert document.data["two"] == {"runtime": "trtllm", "sizes": [1, 2, 4], "world_size": 2}
+    assert document.line_of(("two", "sizes")) == 9
+    assert document.line_of(("one", "runtime")) == 2
+
+
+def test_merge_list_earlier_mapping_wins() -> None:
+    document = parse(
+        """\
+        first: &first {runtime: trtllm, seq_len: 1}
+        second: &second {runtime: demollm, batch: 2}
+        merged:
+          <<: [*first, *second]
+        """
+    )
+
+    assert document.data["merged"] == {"runtime": "trtllm", "seq_len": 1, "batch": 2}
+    assert document.line_of(("merged", "runtime")) == 1
+    assert document.line_of(("merged", "batch")) == 2
+
+
+def test_merge_of_scalar_rejected() -> None:
+    errors = parse_errors("merged:\n  <<: 3\n")
+
+    assert errors == [
+        "configs/example.yaml:2:7: error: invalid YAML merge key: expected a mapping or list of "
+        "mappings for merging, but found scalar"
+    ]
+
+
+def test_recursive_merge_rejected() -> None:
+    errors = parse_errors("loop: &loop {<<: *loop}\n")
+
+    assert errors == ["configs/example.yaml:1:7: error: recursive YAML alias; expand the anchor by hand"]
+
+
+@pytest.mark.parametrize("loader", ["C", "Python"])
+@pytest.mark.parametrize(
+    ("text", "location", "code"),
+    [
+        pytest.param("a: 1\nb: x\x00y\n", "2:5", "0000", id="nul"),
+        # The C reader counts bytes, so a non-ASCII character before must not shift the column.
+        pytest.param("é: 1\nbé: 'é\x07'\n", "2:7", "0007", id="bell-after-non-ascii"),
+        pytest.param("a: \ufffe\n", "1:4", "FFFE", id="noncharacter"),
+    ],
+)
+def test_disallowed_character_location(
+    text: str, location: str, code: str, loader: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if loader == "Python":
+        monkeypatch.setattr(yamlio, "SafeLoader", yaml.SafeLoader)
+
+    errors = parse_errors(text)
+
+    # No second line such as 'in "<unicode string>", position 9' from PyYAML.
+    assert errors == [
+        f"configs/example.yaml:{location}: error: invalid YAML: character U+{code} is not allowed "
+        f'in a YAML file; remove it, or write it as the escape "\\u{code}" inside a double-quoted string'
+    ]
+
+
+def test_deep_nesting_rejected() -> None:
+    errors = parse_errors("a: " + "[" * 500 + "]" * 500 + "\n")
+
+    assert errors == ["configs/example.yaml:1:103: error: YAML nesting is deeper than 100 levels; flatten the data"]

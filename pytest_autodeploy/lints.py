@@ -1,4 +1,4 @@
-"""Best-practice warnings for a loaded registry. They never fail a run."""
+"""Best-practice warnings for a loaded registry, which do not fail a run on their own."""
 
 from __future__ import annotations
 

@@ -45,7 +45,7 @@ _CHECKOUT_REGISTRY = Path(__file__).parent.parent / "model_registry"
 
 
 class RegistryWarning(pytest.PytestWarning):
-    """A registry lint: shown in the warnings summary, never fails the run."""
+    """A registry lint, shown in the warnings summary; only warning filters such as -W error make it fail a run."""
 
 
 def _find_registry(config: pytest.Config, settings: Settings) -> tuple[Path, str]:
@@ -297,7 +297,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 @pytest.hookimpl(optionalhook=True, tryfirst=True)
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
     """With ``-n auto`` and a command runner, start one worker per GPU."""
-    # xdist asks before pytest_configure has run, so resolve what is needed here.
+    # xdist calls this before pytest_configure has run, so resolve the settings here.
     settings = resolve_settings(config)
     if not settings.enabled or settings.command is None:
         return None

@@ -1,4 +1,4 @@
-"""What a registry test item does when it runs: the check runner and the command runner."""
+"""Runners for registry test items: the check runner and the command runner."""
 
 from __future__ import annotations
 

@@ -35,7 +35,14 @@ from . import __version__
 from .atomic import write_text_atomic
 from .diagnostics import Diagnostic, RegistryError
 from .merge import format_key_path
-from .registry import MODELS_FILE, SUPPORTED_VERSION, Model, Registry, load_registry
+from .registry import (
+    MODELS_FILE,
+    SUPPORTED_VERSION,
+    Model,
+    Registry,
+    bundled_registry_path,
+    load_registry,
+)
 from .schema import SchemaFileError, validate_config
 from .worldsize import PARALLEL_KEYS, WORLD_SIZE_KEY
 from .yamlio import KeyPath
@@ -45,12 +52,6 @@ PROG = "pytest-autodeploy"
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
-
-# The same places plugin.py searches, in the same order. plugin.py imports
-# pytest, so the command line keeps its own copy of the two paths.
-_BUNDLED_REGISTRY = Path(__file__).parent / "model_registry"
-_CHECKOUT_REGISTRY = Path(__file__).parent.parent / "model_registry"
-
 
 class UsageError(Exception):
     """Raised for invalid command-line input. ``main`` prints the message and exits 2."""
@@ -81,9 +82,9 @@ class CheckedRegistry:
 
 def default_registry_path() -> Path:
     """Return the bundled registry: inside the package when installed, else beside it."""
-    for candidate in (_BUNDLED_REGISTRY, _CHECKOUT_REGISTRY):
-        if (candidate / MODELS_FILE).is_file():
-            return candidate
+    bundled = bundled_registry_path()
+    if bundled is not None:
+        return bundled
     raise UsageError(
         "the bundled registry is missing from this install; "
         "pass PATH, a registry folder or its models.yaml, or reinstall pytest-autodeploy"

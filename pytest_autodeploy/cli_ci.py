@@ -17,7 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from .cli import CommandFailed, UsageError, load_checked
-from .durations import DurationsFileError, load_durations, merge_durations, save_durations
+from .durations import (
+    DurationsFileError,
+    load_durations,
+    merge_durations,
+    save_durations,
+)
 from .matrix import build_matrix
 from .report import ReportFileError, build_document, load_report, write_report
 

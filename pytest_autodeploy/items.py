@@ -3,27 +3,14 @@
 from __future__ import annotations
 
 import functools
-import re
 from typing import Any, Iterator
 
 import pytest
 
 from .diagnostics import RegistryError
+from .markers import AUTODEPLOY_MARKER, config_marker, world_size_marker
 from .registry import Model
 from .runners import RunFailure
-
-AUTODEPLOY_MARKER = "autodeploy"
-
-
-def world_size_marker(world_size: int) -> str:
-    return f"world_size_{world_size}"
-
-
-@functools.lru_cache(maxsize=None)
-def config_marker(file_name: str) -> str:
-    """Return the marker name for a config file: ``multimodal.yaml`` -> ``config_multimodal``."""
-    stem = re.sub(r"\.ya?ml$", "", file_name)
-    return "config_" + re.sub(r"\W+", "_", stem).strip("_")
 
 
 def model_marker_names(model: Model) -> list[str]:

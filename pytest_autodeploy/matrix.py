@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Union
 
 from .durations import DurationRecord, estimate_seconds
+from .markers import world_size_marker
 from .registry import Model, Registry
 from .shards import SHARD_OPTION, split_shards
 
@@ -36,15 +37,6 @@ _LIMIT_TOLERANCE = 1e-9
 
 DurationsTable = Mapping[str, DurationRecord]
 RunnerGpus = Union[Mapping[int, int], int]
-
-
-def world_size_marker(world_size: int) -> str:
-    """Return the marker of the models that need ``world_size`` GPUs.
-
-    The plugin marks items with the same name (``items.world_size_marker``),
-    which this module cannot import because items.py imports pytest.
-    """
-    return f"world_size_{world_size}"
 
 
 def model_seconds(model: Model, table: DurationsTable) -> float:

@@ -20,15 +20,9 @@ from .durations import (
 )
 from .fixtures import AutodeployModel, autodeploy_gpus, autodeploy_model
 from .gpus import GpuSpecError, discover_gpus
-from .items import (
-    AUTODEPLOY_MARKER,
-    ModelItem,
-    RegistryFile,
-    config_marker,
-    model_marks,
-    world_size_marker,
-)
+from .items import ModelItem, RegistryFile, model_marks
 from .leases import default_lock_dir
+from .markers import AUTODEPLOY_MARKER, config_marker, world_size_marker
 from .options import Settings, add_options, resolve_settings
 from .registry import Registry, load_registry
 from .report_plugin import register_report_plugin
@@ -38,11 +32,6 @@ from .writable import check_lock_dir, check_writable_file
 
 # Fixtures are found among a plugin module's names, so they are imported here.
 __all__ = ["AutodeployModel", "autodeploy_gpus", "autodeploy_model"]
-
-BUNDLED_REGISTRY = Path(__file__).parent / "model_registry"
-# A source checkout keeps the registry beside the package, not inside it.
-_CHECKOUT_REGISTRY = Path(__file__).parent.parent / "model_registry"
-
 
 class RegistryWarning(pytest.PytestWarning):
     """A registry lint, shown in the warnings summary; only warning filters such as -W error make it fail a run."""
@@ -62,9 +51,9 @@ def _find_registry(config: pytest.Config, settings: Settings) -> tuple[Path, str
     if (local / registry_module.MODELS_FILE).is_file():
         return local, "model_registry/ under rootdir"
 
-    for bundled in (BUNDLED_REGISTRY, _CHECKOUT_REGISTRY):
-        if (bundled / registry_module.MODELS_FILE).is_file():
-            return bundled, "bundled registry"
+    bundled = registry_module.bundled_registry_path()
+    if bundled is not None:
+        return bundled, "bundled registry"
     raise pytest.UsageError("the bundled registry is missing from this install; reinstall pytest-autodeploy or pass --autodeploy-registry=PATH")
 
 

@@ -142,6 +142,19 @@ class Registry:
         ]
 
 
+def bundled_registry_path() -> Path | None:
+    """Return the registry shipped with the plugin, or None when this install lacks it.
+
+    A wheel carries it inside the package; a source checkout keeps it beside
+    the package.
+    """
+    package = Path(__file__).parent
+    for candidate in (package / "model_registry", package.parent / "model_registry"):
+        if (candidate / MODELS_FILE).is_file():
+            return candidate
+    return None
+
+
 def resolve_registry_path(path: Path) -> tuple[Path, Path]:
     """Return ``(root, models_path)`` for a registry folder or its ``models.yaml``.
 

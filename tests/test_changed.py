@@ -8,7 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from pytest_autodeploy.changed import ChangedSinceError, ChangeReport, changed_key_paths, select_changed
+from pytest_autodeploy.changed import (
+    ChangedSinceError,
+    ChangeReport,
+    changed_key_paths,
+    select_changed,
+)
 from pytest_autodeploy.registry import load_registry
 
 MODELS = """\

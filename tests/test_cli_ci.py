@@ -12,8 +12,12 @@ import pytest
 from pytest_autodeploy.cli import main
 from pytest_autodeploy.durations import DurationRecord, load_durations, save_durations
 from pytest_autodeploy.registry import load_registry
-from pytest_autodeploy.report import build_document, load_report, write_report
-from pytest_autodeploy.report import ModelRecord
+from pytest_autodeploy.report import (
+    ModelRecord,
+    build_document,
+    load_report,
+    write_report,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 BUNDLED = REPO / "model_registry"

@@ -20,11 +20,22 @@ import jsonschema
 import pytest
 import yaml
 
-from pytest_autodeploy import items, matrix
+from pytest_autodeploy import matrix
 from pytest_autodeploy.diagnostics import RegistryError
-from pytest_autodeploy.durations import DurationRecord, estimate_seconds, load_durations, save_durations
+from pytest_autodeploy.durations import (
+    DurationRecord,
+    estimate_seconds,
+    load_durations,
+    save_durations,
+)
 from pytest_autodeploy.matrix import build_matrix, plan_shards
-from pytest_autodeploy.registry import _SELECTABLE_NAME, Model, ModelEntry, Registry, load_registry
+from pytest_autodeploy.registry import (
+    _SELECTABLE_NAME,
+    Model,
+    ModelEntry,
+    Registry,
+    load_registry,
+)
 from pytest_autodeploy.shards import parse_shard_spec, split_shards
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -515,11 +526,6 @@ def test_bundled_registry_matrix() -> None:
     jobs = build_matrix(registry, None, RUNNER_GPUS, MAX_MINUTES)["include"]
 
     assert sum(job["models"] for job in jobs) == len(registry.models)
-
-
-def test_world_size_marker_matches_plugin() -> None:
-    for world_size in (1, 2, 4, 8, 16):
-        assert matrix.world_size_marker(world_size) == items.world_size_marker(world_size)
 
 
 def test_matrix_imports_no_pytest() -> None:

@@ -8,7 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from pytest_autodeploy.merge import MergeConflictError, Origin, format_key_path, merge_documents
+from pytest_autodeploy.merge import (
+    MergeConflictError,
+    Origin,
+    format_key_path,
+    merge_documents,
+)
 from pytest_autodeploy.registry import load_registry
 from pytest_autodeploy.yamlio import YamlDocument, parse_yaml
 

@@ -9,7 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from pytest_autodeploy.shards import SHARD_OPTION, ShardSpecError, parse_shard_spec, split_shards
+from pytest_autodeploy.shards import (
+    SHARD_OPTION,
+    ShardSpecError,
+    parse_shard_spec,
+    split_shards,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -17,7 +17,11 @@ from typing import Callable, Sequence
 import pytest
 
 from pytest_autodeploy.backfill import Job, lower_bound
-from pytest_autodeploy.xdist_scheduling import GpuScheduling, jobs_from_models, model_key
+from pytest_autodeploy.xdist_scheduling import (
+    GpuScheduling,
+    jobs_from_models,
+    model_key,
+)
 
 GPU_COUNT = 8
 REGISTRY_FILE = "model_registry/models.yaml"

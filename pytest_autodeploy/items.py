@@ -33,9 +33,14 @@ def _mark(name: str) -> pytest.MarkDecorator:
     return getattr(pytest.mark, name)
 
 
-def model_marks(model: Model) -> list[pytest.MarkDecorator]:
+def model_marks(model: Model, *, runs_model: bool = True) -> list[pytest.MarkDecorator]:
+    """Return the model's markers, plus its registry ``skip`` when the test runs the model.
+
+    The check runner only validates the entry, so a known failure of the model
+    itself must not skip that check.
+    """
     marks = [_mark(name) for name in model_marker_names(model)]
-    if model.entry.skip is not None:
+    if runs_model and model.entry.skip is not None:
         marks.append(pytest.mark.skip(reason=f"{model.test_id}: {model.entry.skip}"))
     return marks
 
@@ -52,7 +57,9 @@ class RegistryFile(pytest.File):
             # Passing the id as a string lets pytest parse "[config_id]" as
             # parameters, as it does for ids that --lf and --deselect read back.
             nodeid = f"{self.nodeid}::{model.test_id}"
-            yield ModelItem.from_parent(self, name=model.test_id, nodeid=nodeid, model=model)
+            yield ModelItem.from_parent(
+                self, name=model.test_id, nodeid=nodeid, model=model, runs_model=state.uses_gpus
+            )
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
         if isinstance(excinfo.value, RegistryError):
@@ -63,11 +70,14 @@ class RegistryFile(pytest.File):
 class ModelItem(pytest.Item):
     """One registry entry as a test; running it is the runner's job."""
 
-    def __init__(self, *, model: Model, **kwargs: Any) -> None:
+    def __init__(self, *, model: Model, runs_model: bool, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.model = model
+        # False for the check runner, which validates the entry without running
+        # the model, so the entry's xfail and skip do not apply.
+        self.runs_model = runs_model
         # The same as add_marker() for each mark, without its per-call overhead.
-        marks = model_marks(model)
+        marks = model_marks(model, runs_model=runs_model)
         self.own_markers.extend(mark.mark for mark in marks)
         self.keywords.update({mark.name: mark for mark in marks})
         # user_properties travel with every report, also from xdist workers,

@@ -45,7 +45,8 @@ def add_options(parser: pytest.Parser) -> None:
         "PATH: the autodeploy_registry ini value, then model_registry/ under rootdir, "
         "then the bundled registry. Write --autodeploy-registry=PATH",
         nargs="?",
-        const="",
+        # The bare flag stores True, so that an empty "=PATH" can be rejected.
+        const=True,
         default=None,
         metavar="PATH",
     )
@@ -130,6 +131,25 @@ def _get(config: pytest.Config, name: str) -> Any:
     return value
 
 
+def output_path(config: pytest.Config, name: str) -> Path | None:
+    """Return the path of an output option, as the plugin resolves it."""
+    return _get_path(config, name)
+
+
+def _get_path(config: pytest.Config, name: str) -> Path | None:
+    """Return a path option: relative to the current folder when given on the
+    command line, relative to the ini file when set there."""
+    value = config.getoption(name, default=None)
+    if value:
+        # Absolute now, because a test may change the working folder.
+        return Path(value).expanduser().absolute()
+    value = config.getini(name)
+    if not value:
+        return None
+    base = config.inipath.parent if config.inipath else config.rootpath
+    return base / Path(value).expanduser()
+
+
 def _ini_bool(value: Any) -> bool:
     if isinstance(value, bool):
         return value
@@ -140,7 +160,7 @@ def _ini_bool(value: Any) -> bool:
 class Settings:
     """Plugin settings resolved from options and ini values."""
 
-    registry_arg: str | None  # None: plugin disabled; "": flag without PATH
+    registry_arg: str | bool | None  # None: plugin disabled; True: flag without PATH
     command: CommandTemplate | None
     timeout: float | None
     gpus_spec: str | None
@@ -208,9 +228,15 @@ def resolve_settings(config: pytest.Config) -> Settings:
     timeout = _get_seconds(config, "autodeploy_timeout")
     lease_timeout = _get_seconds(config, "autodeploy_lease_timeout")
 
-    lock_dir = _get(config, "autodeploy_lock_dir")
+    registry_arg = config.getoption("autodeploy_registry", default=None)
+    if isinstance(registry_arg, str) and not registry_arg.strip():
+        raise pytest.UsageError(
+            "--autodeploy-registry= is empty; give a registry folder, or write the flag without '=' for the default"
+        )
+
+    lock_dir = _get_path(config, "autodeploy_lock_dir")
     gpus_spec = _get(config, "autodeploy_gpus")
-    durations = _get(config, "autodeploy_durations")
+    durations = _get_path(config, "autodeploy_durations")
     shard = None
     shard_text = _get(config, "autodeploy_shard")
     if shard_text:
@@ -220,14 +246,14 @@ def resolve_settings(config: pytest.Config) -> Settings:
             raise pytest.UsageError(str(error)) from None
 
     return Settings(
-        registry_arg=config.getoption("autodeploy_registry", default=None),
+        registry_arg=registry_arg,
         command=command,
         timeout=timeout,
         lease_timeout=lease_timeout,
         gpus_spec=str(gpus_spec) if gpus_spec not in (None, "") else None,
         strict_gpus=_ini_bool(_get(config, "autodeploy_strict_gpus") or False),
-        lock_dir=Path(lock_dir).expanduser() if lock_dir else None,
-        durations_path=Path(durations).expanduser() if durations else None,
+        lock_dir=lock_dir,
+        durations_path=durations,
         shard=shard,
         changed_since=_get(config, "autodeploy_changed_since") or None,
         strict_xfail=_ini_bool(_get(config, "autodeploy_strict_xfail") or False),

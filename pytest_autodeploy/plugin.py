@@ -23,7 +23,7 @@ from .gpus import GpuSpecError, discover_gpus
 from .items import ModelItem, RegistryFile, model_marks
 from .leases import default_lock_dir
 from .markers import AUTODEPLOY_MARKER, config_marker, world_size_marker
-from .options import Settings, add_options, resolve_settings
+from .options import Settings, add_options, output_path, resolve_settings
 from .registry import Registry, load_registry
 from .report_plugin import register_report_plugin
 from .session import STATE_KEY, SessionState, get_state, is_xdist_worker
@@ -39,7 +39,7 @@ class RegistryWarning(pytest.PytestWarning):
 
 def _find_registry(config: pytest.Config, settings: Settings) -> tuple[Path, str]:
     """Return the registry path and a note on where it came from."""
-    if settings.registry_arg:
+    if isinstance(settings.registry_arg, str):
         return Path(settings.registry_arg), "--autodeploy-registry"
 
     ini_value = config.getini("autodeploy_registry")
@@ -103,6 +103,8 @@ def pytest_configure(config: pytest.Config) -> None:
     if settings.command is not None:
         check_lock_dir(settings.lock_dir or default_lock_dir(), "--autodeploy-lock-dir")
 
+    _check_outputs_apart(config, registry)
+
     durations: dict[str, DurationRecord] = {}
     if settings.durations_path is not None:
         if not is_xdist_worker(config):
@@ -139,6 +141,28 @@ def pytest_configure(config: pytest.Config) -> None:
     # With the flag and no test paths, collect only the registry.
     if config.args_source != pytest.Config.ArgsSource.ARGS:
         config.args = [str(registry.models_path)]
+
+
+def _check_outputs_apart(config: pytest.Config, registry: Registry) -> None:
+    """Reject outputs that would overwrite each other or a registry file."""
+    outputs = {}
+    for name in ("autodeploy_durations", "autodeploy_report", "autodeploy_markdown"):
+        path = output_path(config, name)
+        if path is not None:
+            outputs[name] = path.resolve()
+
+    inputs = {registry.models_path, *(path.resolve() for path in registry.config_files())}
+    if registry.schema_path is not None:
+        inputs.add(registry.schema_path.resolve())
+
+    seen: dict[Path, str] = {}
+    for name, path in outputs.items():
+        flag = "--" + name.replace("_", "-")
+        if path in inputs:
+            raise pytest.UsageError(f"{flag}={path} would overwrite a registry file; write it elsewhere")
+        if path in seen:
+            raise pytest.UsageError(f"{flag} and {seen[path]} both write {path}; give them different files")
+        seen[path] = flag
 
 
 def pytest_report_header(config: pytest.Config) -> list[str] | None:
@@ -240,8 +264,13 @@ def _shard_selection(state: SessionState, items: list[pytest.Item]) -> set[str]:
 
     k, n = state.settings.shard
     weighted = []
+    seen: set[str] = set()
     for item in items:
         key = _item_key(item)
+        # --keep-duplicates collects an item twice; both copies share one shard.
+        if key in seen:
+            continue
+        seen.add(key)
         if isinstance(item, ModelItem):
             weighted.append((key, model_gpu_seconds(item.model, state.durations)))
         else:
@@ -270,6 +299,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[Any]:
     report = yield
     if not isinstance(item, ModelItem) or call.when != "call" or item.model.entry.xfail is None:
+        return report
+    # --runxfail reports xfail entries as if they had no xfail.
+    if not item.runs_model or item.config.option.runxfail:
         return report
     reason = item.model.entry.xfail
     if report.failed:
@@ -358,9 +390,14 @@ class DurationRecorder:
         try:
             save_durations(path, merge_durations(self.state.durations, self.state.measured))
         except OSError as error:
-            session.config.get_terminal_writer().line(
-                f"autodeploy: could not write --autodeploy-durations {path}: {error.strerror}", red=True
-            )
+            message = f"autodeploy: could not write --autodeploy-durations {path}: {error.strerror}"
+            reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+            if reporter is not None:
+                reporter.ensure_newline()
+                reporter.write_line(message, red=True)
+            # A requested output that is missing must not leave the run green.
+            if session.exitstatus == pytest.ExitCode.OK:
+                session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.hookimpl(trylast=True)

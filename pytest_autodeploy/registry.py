@@ -43,6 +43,9 @@ _CONFIG_ID = re.compile(r"[\w.+\-]+")
 # Hugging Face ids are far shorter; file names built from a test id must stay
 # within the 255-byte name limit of common file systems.
 MAX_NAME_LENGTH = 200
+# All merged configs together. A registry of 10,000 entries over 50 distinct
+# config lists holds a few thousand values, so this only stops runaway input.
+MAX_MERGED_VALUES = 2_000_000
 
 
 @dataclass(frozen=True)
@@ -213,6 +216,7 @@ class _Loader:
         # distinct list of files is merged once.
         self._config_cache: dict[Path, YamlDocument | None] = {}
         self._path_cache: dict[str, Path | None] = {}
+        self._merged_values = 0
         # The real path of each config path, to find one file listed under two names.
         self._real_paths: dict[Path, Path] = {}
         self._resolved: dict[tuple[str, ...], tuple[tuple[Path, ...], MergedConfig, Any]] = {}
@@ -329,7 +333,13 @@ class _Loader:
             self._check_name(name, key_line("name"))
 
         config_id = raw.get("config_id")
-        if config_id is not None and not (isinstance(config_id, str) and _CONFIG_ID.fullmatch(config_id)):
+        if isinstance(config_id, str) and config_id.startswith("-"):
+            self.error(
+                f"config_id {config_id!r} of {label} starts with '-', so a command would read it as an "
+                "option; start it with a letter or digit",
+                key_line("config_id"),
+            )
+        elif config_id is not None and not (isinstance(config_id, str) and _CONFIG_ID.fullmatch(config_id)):
             self.error(
                 f"config_id of {label} must be a string of letters, digits, '_', '.', '+' or '-', got {config_id!r}",
                 key_line("config_id"),
@@ -381,6 +391,12 @@ class _Loader:
             self.error(
                 f"name {name!r} starts with '-', so a command would read it as an option; "
                 "start it with a letter or digit",
+                line,
+            )
+        elif "::" in name:
+            self.error(
+                f"name {name!r} contains '::', which pytest reads as a node id separator; "
+                "use a single ':' or '/'",
                 line,
             )
         elif not _SELECTABLE_NAME.fullmatch(name):
@@ -494,15 +510,31 @@ class _Loader:
         self._resolved[entry.yaml_extra] = (model.config_files, merged, world_size)
 
     def _merge(self, documents: list[YamlDocument]) -> tuple[MergedConfig | None, Any, list[Diagnostic]]:
+        if self._merged_values > MAX_MERGED_VALUES:
+            return None, None, [self._too_large(documents)]
         try:
             merged = merge_documents(documents)
         except MergeConflictError as error:
             return None, None, error.diagnostics
+
+        # Each distinct file list is a deep copy. Aliases that expand within
+        # one file's limit could still fill memory over many such lists.
+        self._merged_values += _count_values(merged.data)
+        if self._merged_values > MAX_MERGED_VALUES:
+            return None, None, [self._too_large(documents)]
         try:
             world_size = effective_world_size(merged)
         except WorldSizeError as error:
             return None, None, error.diagnostics
         return merged, world_size, []
+
+    def _too_large(self, documents: list[YamlDocument]) -> Diagnostic:
+        return Diagnostic(
+            f"the merged configs of this registry hold more than {MAX_MERGED_VALUES:,} values; "
+            "large YAML aliases repeated across config lists cause this, so write the data out once",
+            path=documents[-1].path if documents else self.registry.models_path,
+            line=1,
+        )
 
     def _entry_error(self, model: Model, message: str) -> None:
         # Problems with config paths point at the entry's yaml_extra line.
@@ -533,9 +565,11 @@ class _Loader:
 
         path = configs_dir / relative
         try:
-            # A symlink could still point outside configs/, so compare real paths.
+            # A symlink could still point outside configs/, so compare real
+            # paths, and configs/ itself must not lead out of the registry.
             real = path.resolve()
-            inside = real.is_relative_to(configs_dir.resolve())
+            configs_real = configs_dir.resolve()
+            inside = real.is_relative_to(configs_real) and configs_real.is_relative_to(self.registry.root.resolve())
             is_file = path.is_file()
             is_folder = not is_file and path.is_dir()
         except OSError as error:
@@ -625,3 +659,17 @@ def load_registry(path: Path, cache_dir: Path | None = None) -> Registry:
     registry = _Loader(root, models_path).load(cache_dir)
     registry.diagnostics.extend(lint_registry(registry))
     return registry
+
+
+def _count_values(data: Any) -> int:
+    """Return the number of mappings, lists and scalars in ``data``."""
+    count = 0
+    stack = [data]
+    while stack:
+        value = stack.pop()
+        count += 1
+        if isinstance(value, Mapping):
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+    return count

@@ -64,6 +64,15 @@ def run_check(model: Model, registry: Registry) -> None:
         raise RunFailure("\n".join(problem.format() for problem in problems))
 
 
+def _parse_fields(token: str) -> list[tuple[str, str | None, str | None, str | None]]:
+    try:
+        return list(string.Formatter().parse(token))
+    except ValueError as error:
+        raise TemplateError(
+            f"invalid placeholder in --autodeploy-command argument {token!r}: {error}; write {{{{ for a literal brace"
+        ) from None
+
+
 def _placeholder_names(token: str) -> list[str]:
     """Return every field name in ``token``, also those nested in a format spec such as ``{model:{gpus}}``.
 
@@ -100,6 +109,14 @@ class CommandTemplate:
             raise TemplateError("--autodeploy-command is empty; give a command such as 'my-runner --model {model}'")
 
         for token in argv:
+            # Only plain {name}: a format spec such as {model:>9999999999} can
+            # exhaust memory, and !r adds quotes the command does not expect.
+            for _, field, spec, conversion in _parse_fields(token):
+                if field is not None and (spec or conversion):
+                    raise TemplateError(
+                        f"placeholder in --autodeploy-command argument {token!r} has a format spec or "
+                        f"conversion; write plain placeholders such as {{{field}}}"
+                    )
             try:
                 fields = _placeholder_names(token)
             except ValueError as error:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -152,3 +153,59 @@ def test_fixture_broken_registry_no_traceback(pytester: pytest.Pytester, registr
     assert "config file 'missing.yaml' of org/bad not found" in output
     assert "Traceback" not in output
     assert "_multicall" not in output
+
+
+def test_empty_registry_path_rejected(pytester: pytest.Pytester, registry: Path) -> None:
+    result = pytester.runpytest("--autodeploy-registry=")
+
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--autodeploy-registry= is empty*"])
+
+
+def test_outputs_must_differ(pytester: pytest.Pytester, registry: Path) -> None:
+    result = pytester.runpytest(
+        f"--autodeploy-registry={registry}", "--autodeploy-report=out.json", "--autodeploy-durations=out.json"
+    )
+
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--autodeploy-report and --autodeploy-durations both write*out.json*"])
+
+
+def test_output_over_registry_rejected(pytester: pytest.Pytester, registry: Path) -> None:
+    result = pytester.runpytest(f"--autodeploy-registry={registry}", f"--autodeploy-report={registry / 'models.yaml'}")
+
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*would overwrite a registry file*"])
+
+
+def test_ini_durations_relative_to_ini(pytester: pytest.Pytester, registry: Path) -> None:
+    pytester.makeini("[pytest]\nautodeploy_registry = reg\nautodeploy_durations = out/durations.json\n")
+    subfolder = pytester.mkdir("sub")
+    command = f"{sys.executable} -c pass"
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(subfolder)
+        result = pytester.runpytest(
+            "--autodeploy-registry",
+            f"--autodeploy-command={command}",
+            "--autodeploy-gpus=8",
+            f"--autodeploy-lock-dir={pytester.path / 'locks'}",
+        )
+
+    result.assert_outcomes(passed=4)
+    assert (pytester.path / "out" / "durations.json").is_file()
+    assert not (subfolder / "out").exists()
+
+
+def test_check_runner_ignores_entry_outcomes(pytester: pytest.Pytester, registry: Path) -> None:
+    # The check runner validates the entry; a known failure of the model does not excuse it.
+    (registry / "config.schema.json").write_text('{"properties": {"world_size": {"maximum": 4}}}')
+    text = (registry / "models.yaml").read_text()
+    text = text.replace("- name: org/eight\n", '- name: org/eight\n  xfail: "OOM"\n')
+    text = text.replace("  config_id: b\n", '  config_id: b\n  skip: "no weights"\n')
+    (registry / "models.yaml").write_text(text)
+
+    result = pytester.runpytest(f"--autodeploy-registry={registry}")
+
+    result.assert_outcomes(passed=3, failed=1)
+    result.stdout.fnmatch_lines(["*org/eight: 'world_size' fails config.schema.json*"])

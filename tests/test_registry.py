@@ -1246,3 +1246,63 @@ def test_registry_path_permission_denied(tmp_path: Path, monkeypatch: pytest.Mon
     assert [diagnostic.format() for diagnostic in caught.value.diagnostics] == [
         f"{tmp_path / 'registry'}: error: cannot access the registry: Permission denied"
     ]
+
+
+def test_name_with_double_colon(root: Path) -> None:
+    registry = load(root, HEADER + "- name: org::a-1b\n  yaml_extra: [dashboard_default.yaml, world_size_1.yaml]\n")
+
+    assert errors(registry) == [
+        f"{models_file(root)}:3: error: name 'org::a-1b' contains '::', which pytest reads as a node id "
+        "separator; use a single ':' or '/'"
+    ]
+
+
+def test_config_id_starting_with_dash(root: Path) -> None:
+    registry = load(
+        root, HEADER + "- name: org/a-1b\n  config_id: --help\n  yaml_extra: [dashboard_default.yaml, world_size_1.yaml]\n"
+    )
+
+    assert errors(registry) == [
+        f"{models_file(root)}:4: error: config_id '--help' of org/a-1b starts with '-', so a command would read "
+        "it as an option; start it with a letter or digit"
+    ]
+
+
+def test_configs_folder_symlinked_outside(tmp_path: Path) -> None:
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "creds.yaml").write_text("api_token: secret\n")
+    root = tmp_path / "registry"
+    root.mkdir()
+    (root / "configs").symlink_to(outside)
+    (root / "models.yaml").write_text(HEADER + "- name: org/a-1b\n  yaml_extra: [creds.yaml]\n")
+
+    registry = load_registry(root)
+
+    assert [diagnostic.message for diagnostic in registry.errors] == [
+        "config path 'creds.yaml' in org/a-1b resolves outside configs/; config files must live in the "
+        "registry's configs folder"
+    ]
+
+
+def test_merged_values_budget(tmp_path: Path) -> None:
+    root = tmp_path / "registry"
+    (root / "configs").mkdir(parents=True)
+    # Each file expands to 10 x 10 x 10 x 7 = 7,000 values through aliases.
+    (root / "configs" / "big.yaml").write_text(
+        "a: &a [" + ",".join(["x"] * 10) + "]\n"
+        "b: &b [" + ",".join(["*a"] * 10) + "]\n"
+        "c: &c [" + ",".join(["*b"] * 10) + "]\n"
+        "d: [" + ",".join(["*c"] * 7) + "]\n"
+    )
+    entries = ""
+    for index in range(400):
+        (root / "configs" / f"f{index}.yaml").write_text(f"k{index}: 1\n")
+        entries += f"- name: org/m{index}-1b\n  yaml_extra: [big.yaml, f{index}.yaml]\n"
+    (root / "models.yaml").write_text(HEADER + entries)
+
+    registry = load_registry(root)
+
+    assert registry.errors
+    assert "hold more than 2,000,000 values" in registry.errors[0].message
+    assert len([model for model in registry.models if model.merged is not None]) < 400

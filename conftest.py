@@ -1,11 +1,8 @@
-"""Setup shared by the repository's own test suite."""
+"""Setup for pytest runs inside this repository: the test suite and the main job."""
 
 from __future__ import annotations
 
 import pytest
-
-# The plugin tests drive pytest runs through the pytester fixture.
-pytest_plugins = ["pytester"]
 
 
 def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginManager) -> None:

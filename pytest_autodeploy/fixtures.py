@@ -15,6 +15,7 @@ from .registry import Model
 from .runners import write_merged_config
 from .session import get_state, too_few_gpus_reason
 from .summary import TOO_FEW_GPUS
+from .writable import check_lock_dir
 
 
 @dataclass(frozen=True)
@@ -38,8 +39,15 @@ def autodeploy_model(request: pytest.FixtureRequest, tmp_path_factory: pytest.Te
         pytest.skip("autodeploy_model needs --autodeploy-registry to parametrize this test")
     folder = tmp_path_factory.mktemp("autodeploy-config")
     # The same properties as built-in items, for reports, junitxml and the summary.
+    # autodeploy_gpus fills in "gpus" with the GPUs of its lease.
     request.node.user_properties.extend(
-        [("model", model.name), ("config_id", model.config_id or ""), ("world_size", model.world_size)]
+        [
+            ("model", model.name),
+            ("config_id", model.config_id or ""),
+            ("world_size", model.world_size),
+            ("yaml_extra", list(model.entry.yaml_extra)),
+            ("gpus", ""),
+        ]
     )
     return AutodeployModel(
         name=model.name,
@@ -50,6 +58,10 @@ def autodeploy_model(request: pytest.FixtureRequest, tmp_path_factory: pytest.Te
         config_path=write_merged_config(model, folder),
         test_id=model.test_id,
     )
+
+
+# Lock folders that passed check_lock_dir in this pytest process.
+_CHECKED_LOCK_DIRS_KEY = pytest.StashKey[set[Path]]()
 
 
 @pytest.fixture
@@ -63,19 +75,53 @@ def autodeploy_gpus(autodeploy_model: AutodeployModel, request: pytest.FixtureRe
     state = get_state(request.config)
     needed = autodeploy_model.world_size
     if needed > state.inventory.count:
-        reason = too_few_gpus_reason(needed, state.inventory.count)
+        # pytest -rs folds skips by location, so the reason names the model.
+        reason = f"{autodeploy_model.test_id}: {too_few_gpus_reason(needed, state.inventory.count)}"
         request.node.user_properties.append((TOO_FEW_GPUS, True))
         if state.settings.strict_gpus:
             pytest.fail(f"{reason} (--autodeploy-strict-gpus)", pytrace=False)
         pytest.skip(reason)
 
-    manager = LeaseManager(state.settings.lock_dir or default_lock_dir(), state.inventory.ids)
+    lock_dir = state.settings.lock_dir or default_lock_dir()
+    _check_lock_dir_once(request.config, lock_dir)
+
+    # pytest.fail runs after the except blocks, so the report does not show the lease
+    # error a second time as the exception that the failure happened during.
+    failure: str | None = None
     try:
+        manager = LeaseManager(lock_dir, state.inventory.ids)
         lease = manager.acquire(
             needed, owner=f"{request.node.nodeid} (pid {os.getpid()})", timeout=state.settings.lease_timeout
         )
     except LeaseTimeout as error:
-        pytest.fail(f"{error} (--autodeploy-lease-timeout)", pytrace=False)
+        failure = f"{error} (--autodeploy-lease-timeout)"
+    except OSError as error:
+        failure = f"{autodeploy_model.test_id}: cannot lease {needed} GPUs in lock folder '{lock_dir}': {error}"
+    if failure is not None:
+        pytest.fail(failure, pytrace=False)
+
     with lease:
-        request.node.user_properties.append(("gpus", ",".join(lease.gpus)))
+        request.node.user_properties[:] = [
+            (name, value) for name, value in request.node.user_properties if name != "gpus"
+        ] + [("gpus", ",".join(lease.gpus))]
         yield lease.gpus
+
+
+def _check_lock_dir_once(config: pytest.Config, lock_dir: Path) -> None:
+    """Fail the test without a traceback if the lock folder cannot be used.
+
+    Each folder is checked once per pytest process, because every test that leases GPUs
+    would otherwise repeat the check.
+    """
+    checked = config.stash.setdefault(_CHECKED_LOCK_DIRS_KEY, set())
+    if lock_dir in checked:
+        return
+
+    failure: str | None = None
+    try:
+        check_lock_dir(lock_dir, "--autodeploy-lock-dir")
+    except pytest.UsageError as error:
+        failure = str(error)
+    if failure is not None:
+        pytest.fail(failure, pytrace=False)
+    checked.add(lock_dir)

@@ -17,10 +17,12 @@ overtake a large one forever.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
 import secrets
+import stat
 import tempfile
 import time
 import weakref
@@ -54,6 +56,14 @@ _FOLDER_MODE = 0o777
 _LOCK_FILE_MODE = 0o666
 # Other users must be able to read a ticket to test whether it is stale.
 _TICKET_MODE = 0o644
+# Every session replaces an owner file instead of writing into it, so others only read it.
+_OWNER_FILE_MODE = 0o644
+# An owner file contains three short lines, so only this many bytes of one are read.
+_OWNER_FILE_MAX_BYTES = 4096
+
+# Any user can create entries in the shared folder, including symbolic links to files of
+# the user who runs the session, so no file there is opened through a symbolic link.
+_NO_FOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC
 
 # A decision under the mutex takes milliseconds, so even a zero timeout waits this long
 # for the mutex before giving up.
@@ -67,6 +77,10 @@ class LeaseRequestError(ValueError):
 
 class LeaseTimeout(TimeoutError):
     """No lease could be taken before the timeout."""
+
+
+class LeaseError(OSError):
+    """A file in the lock folder cannot be used safely, such as a lock file that is a symbolic link."""
 
 
 def default_lock_dir() -> Path:
@@ -224,8 +238,9 @@ class LeaseManager:
         """Block until `count` GPUs are free and no older request waits for them, then lease them.
 
         `owner` names the holder in the owner files and in log messages. `timeout` is in
-        seconds, and None waits forever. Raises LeaseTimeout when the timeout passes first
-        and LeaseRequestError at once when `count` exceeds the number of GPUs.
+        seconds, and None waits forever. Raises LeaseTimeout when the timeout passes first,
+        LeaseRequestError at once when `count` exceeds the number of GPUs, and LeaseError
+        when a lock file is a symbolic link or not a regular file.
         """
         self._check_count(count)
         if count == 0:
@@ -381,7 +396,7 @@ class LeaseManager:
         """
         name = f"{time.time_ns():020d}-{os.getpid()}-{secrets.token_hex(4)}{TICKET_SUFFIX}"
         path = self._queue_dir / name
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, _TICKET_MODE)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | _NO_FOLLOW, _TICKET_MODE)
         try:
             # Readers only run under the mutex, so no reader sees the ticket before it is
             # locked. The file was just created, so the lock cannot be contended.
@@ -427,10 +442,11 @@ class LeaseManager:
     def _read_ticket(self, name: str) -> _TicketRequest | None:
         path = self._queue_dir / name
         try:
-            fd = os.open(path, os.O_RDONLY)
+            fd = _open_regular_file(path, os.O_RDONLY, "waiter ticket")
         except FileNotFoundError:
             return None
-        except PermissionError as error:
+        except OSError as error:
+            # A ticket that is unreadable or a symbolic link does not count as a waiter.
             logger.warning("ignoring unreadable waiter ticket %s: %s", path, error)
             return None
 
@@ -457,18 +473,9 @@ class LeaseManager:
         for gpu_id in lease.gpus:
             path = self.lock_dir / owner_file_name(gpu_id)
             try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, _LOCK_FILE_MODE)
+                _replace_file(path, text.encode(), _OWNER_FILE_MODE)
             except OSError as error:
                 logger.debug("cannot write owner file %s: %s", path, error)
-                continue
-            try:
-                with contextlib.suppress(PermissionError):
-                    os.fchmod(fd, _LOCK_FILE_MODE)
-                os.write(fd, text.encode())
-            except OSError as error:
-                logger.debug("cannot write owner file %s: %s", path, error)
-            finally:
-                os.close(fd)
 
     def _timeout_message(
         self, count: int, owner: str, timeout: float | None, decision: _Decision
@@ -489,9 +496,15 @@ class LeaseManager:
     def _read_owner(self, gpu_id: str) -> str:
         path = self.lock_dir / owner_file_name(gpu_id)
         try:
-            text = path.read_text(encoding="utf-8", errors="replace")
+            fd = _open_regular_file(path, os.O_RDONLY, "owner file")
         except OSError:
             return "holder unknown"
+        try:
+            text = os.read(fd, _OWNER_FILE_MAX_BYTES).decode("utf-8", errors="replace")
+        except OSError:
+            return "holder unknown"
+        finally:
+            os.close(fd)
         fields = [line.strip() for line in text.splitlines() if line.strip()]
         return "last taken by " + ", ".join(fields)
 
@@ -502,28 +515,92 @@ def _make_shared_folder(path: Path) -> None:
         os.mkdir(path, _FOLDER_MODE)
     except FileExistsError:
         return
-    # mkdir applies the umask, which usually strips write access for other users.
-    with contextlib.suppress(PermissionError):
-        os.chmod(path, _FOLDER_MODE)
+
+    # mkdir applies the umask, which usually strips write access for other users. Another
+    # user may swap the new folder for a symbolic link before the chmod, so the chmod goes
+    # through a descriptor that refuses links and only to a folder this user owns.
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | _NO_FOLLOW)
+    except OSError as error:
+        logger.warning("cannot open the new lock folder %s to share it: %s", path, error)
+        return
+    try:
+        if os.fstat(fd).st_uid == os.geteuid():
+            os.fchmod(fd, _FOLDER_MODE)
+    except PermissionError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _open_lock_file(path: Path) -> int:
-    """Open a lock file, creating it writable for every user."""
+    """Open a lock file, creating it writable for every user.
+
+    Raises LeaseError when the name is a symbolic link or not a regular file, because
+    locking the target would lock a file of some other program.
+    """
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, _LOCK_FILE_MODE)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | _NO_FOLLOW, _LOCK_FILE_MODE)
     except FileExistsError:
         pass
     else:
         # os.open applies the umask, which usually strips write access for other users.
+        # O_EXCL made this file, so the chmod cannot reach a file of someone else.
         with contextlib.suppress(PermissionError):
             os.fchmod(fd, _LOCK_FILE_MODE)
         return fd
 
     try:
-        return os.open(path, os.O_RDWR)
+        return _open_regular_file(path, os.O_RDWR)
     except PermissionError:
         # flock needs no write access, so a file created with a stricter mode still works.
-        return os.open(path, os.O_RDONLY)
+        return _open_regular_file(path, os.O_RDONLY)
+
+
+def _open_regular_file(path: Path, flags: int, kind: str = "lock file") -> int:
+    """Open an existing file of the lock folder without following a symbolic link.
+
+    Raises LeaseError, with `kind` naming the file, when `path` is a symbolic link or not
+    a regular file.
+    """
+    # O_NONBLOCK keeps a FIFO planted under the name from blocking the open.
+    try:
+        fd = os.open(path, flags | _NO_FOLLOW | os.O_NONBLOCK)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise LeaseError(f"{kind} {path} is a symbolic link; remove it") from None
+        raise
+
+    try:
+        is_regular = stat.S_ISREG(os.fstat(fd).st_mode)
+    except BaseException:
+        os.close(fd)
+        raise
+    if not is_regular:
+        os.close(fd)
+        raise LeaseError(f"{kind} {path} is not a regular file; remove it")
+    return fd
+
+
+def _replace_file(path: Path, content: bytes, mode: int) -> None:
+    """Write `content` to a new file in the folder of `path`, then rename it over `path`.
+
+    rename replaces a symbolic link itself, never its target, so a link that another user
+    planted at `path` cannot redirect the write.
+    """
+    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        try:
+            # mkstemp created this file with O_EXCL, so the chmod reaches only this run's file.
+            os.fchmod(fd, mode)
+            os.write(fd, content)
+        finally:
+            os.close(fd)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
 
 
 def _unlock_and_close(fd: int) -> None:

@@ -76,6 +76,9 @@ class SessionState:
             )
         except LeaseTimeout as error:
             raise RunFailure(f"{error} (--autodeploy-lease-timeout)") from None
+        except OSError as error:
+            # A broken lock folder, such as a planted symbolic link.
+            raise RunFailure(f"cannot lease GPUs: {error}") from None
         with lease:
             item.user_properties[:] = [
                 (name, value) for name, value in item.user_properties if name != "gpus"

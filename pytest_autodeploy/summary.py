@@ -96,6 +96,6 @@ class ResultTable:
 def _without_model(result: ModelResult) -> str:
     """Return the reason without a leading "org/model: ", which the node id already shows."""
     prefix, separator, rest = result.reason.partition(": ")
-    if separator and result.nodeid.endswith(prefix):
+    if separator and result.nodeid.endswith((prefix, f"[{prefix}]")):
         return rest
     return result.reason

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import fcntl
 import gc
 import json
 import os
@@ -18,6 +19,7 @@ import pytest
 
 from pytest_autodeploy.leases import (
     Lease,
+    LeaseError,
     LeaseManager,
     LeaseRequestError,
     LeaseTimeout,
@@ -274,6 +276,97 @@ def test_owner_file_written(lock_dir: Path) -> None:
 
     assert "owner: tests/test_x.py::test_y\n" in text
     assert f"pid: {os.getpid()}\n" in text
+
+
+@pytest.fixture
+def victim(tmp_path: Path) -> Path:
+    """A file of the user who runs the session, which a symbolic link in the lock folder targets."""
+    path = tmp_path / "victim"
+    path.write_text("precious\n")
+    path.chmod(0o600)
+    return path
+
+
+def test_owner_file_symlink_replaced(lock_dir: Path, victim: Path) -> None:
+    lock_dir.mkdir()
+    (lock_dir / "gpu-0.owner").symlink_to(victim)
+    manager = LeaseManager(lock_dir, ["0"])
+
+    manager.acquire(1, owner="test", timeout=1).release()
+
+    assert victim.read_text() == "precious\n"
+    assert stat.S_IMODE(victim.stat().st_mode) == 0o600
+    assert not (lock_dir / "gpu-0.owner").is_symlink()
+    assert "owner: test\n" in (lock_dir / "gpu-0.owner").read_text()
+    assert sorted(path.name for path in lock_dir.iterdir()) == [
+        "gpu-0.lock", "gpu-0.owner", "mutex.lock", "queue"
+    ]
+
+
+def test_owner_file_mode(lock_dir: Path) -> None:
+    manager = LeaseManager(lock_dir, ["0"])
+
+    manager.acquire(1, owner="test", timeout=1).release()
+
+    assert stat.S_IMODE((lock_dir / "gpu-0.owner").stat().st_mode) == 0o644
+
+
+@pytest.mark.parametrize("name", ["gpu-0.lock", "mutex.lock"])
+def test_symlinked_lock_file_rejected(lock_dir: Path, victim: Path, name: str) -> None:
+    lock_dir.mkdir()
+    (lock_dir / name).symlink_to(victim)
+    (lock_dir / "gpu-0.owner").symlink_to(victim)
+    manager = LeaseManager(lock_dir, ["0"])
+
+    with pytest.raises(LeaseError) as excinfo:
+        manager.acquire(1, owner="test", timeout=1)
+
+    assert str(excinfo.value) == f"lock file {lock_dir / name} is a symbolic link; remove it"
+    assert victim.read_text() == "precious\n"
+    assert stat.S_IMODE(victim.stat().st_mode) == 0o600
+
+
+def test_fifo_lock_file_rejected(lock_dir: Path) -> None:
+    lock_dir.mkdir()
+    os.mkfifo(lock_dir / "gpu-0.lock")
+    manager = LeaseManager(lock_dir, ["0"])
+
+    with pytest.raises(LeaseError, match=r"gpu-0\.lock is not a regular file; remove it$"):
+        manager.acquire(1, owner="test", timeout=1)
+
+
+def test_symlinked_owner_file_not_read(lock_dir: Path, victim: Path) -> None:
+    holder = LeaseManager(lock_dir, ["0"]).acquire(1, owner="holder", timeout=1)
+    (lock_dir / "gpu-0.owner").unlink()
+    (lock_dir / "gpu-0.owner").symlink_to(victim)
+
+    try:
+        with pytest.raises(LeaseTimeout) as excinfo:
+            LeaseManager(lock_dir, ["0"]).acquire(1, owner="test", timeout=0)
+    finally:
+        holder.release()
+
+    assert "GPU 0: holder unknown" in str(excinfo.value)
+    assert "precious" not in str(excinfo.value)
+
+
+def test_symlinked_ticket_ignored(lock_dir: Path, victim: Path) -> None:
+    # A locked target would make the link look like a live waiter that reserves GPU 0.
+    victim.write_text(json.dumps({"count": 1, "gpus": ["0"]}))
+    victim_fd = os.open(victim, os.O_RDONLY)
+    fcntl.flock(victim_fd, fcntl.LOCK_EX)
+    lock_dir.mkdir()
+    (lock_dir / "queue").mkdir()
+    (lock_dir / "queue" / f"{0:020d}-1-ab.ticket").symlink_to(victim)
+    manager = LeaseManager(lock_dir, ["0"])
+
+    try:
+        lease = manager.acquire(1, owner="test", timeout=0)
+    finally:
+        os.close(victim_fd)
+
+    assert lease.gpus == ("0",)
+    lease.release()
 
 
 def test_collected_lease_frees_gpus(lock_dir: Path) -> None:

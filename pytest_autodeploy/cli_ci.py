@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,8 +24,16 @@ from .durations import (
     merge_durations,
     save_durations,
 )
+from .gpus import MAX_GPUS
 from .matrix import build_matrix
-from .report import ReportFileError, build_document, load_report, write_report
+from .report import (
+    ReportDocument,
+    ReportFileError,
+    build_document,
+    parse_timestamp,
+    read_report,
+    write_report,
+)
 
 
 def _positive_float(text: str) -> float:
@@ -32,8 +41,8 @@ def _positive_float(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"invalid number {text!r}; give minutes such as 60") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"invalid value {text!r}; it must be greater than 0")
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}; it must be a finite number greater than 0")
     return value
 
 
@@ -44,6 +53,9 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"invalid GPU count {text!r}; give a whole number such as 8") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"invalid GPU count {text!r}; it must be 1 or more")
+    # The same limit as --autodeploy-gpus: no node has more GPUs.
+    if value > MAX_GPUS:
+        raise argparse.ArgumentTypeError(f"invalid GPU count {text!r}; it must be at most {MAX_GPUS}")
     return value
 
 
@@ -52,7 +64,8 @@ def run_matrix(args: argparse.Namespace) -> int:
     if checked.errors:
         for diagnostic in checked.errors:
             print(diagnostic.format(), file=sys.stderr)
-        raise CommandFailed(f"the registry has {len(checked.errors)} errors; run validate for details")
+        count = len(checked.errors)
+        raise CommandFailed(f"the registry has {count} {'error' if count == 1 else 'errors'}; run validate for details")
 
     table = {}
     if args.durations is not None:
@@ -75,6 +88,9 @@ def run_matrix(args: argparse.Namespace) -> int:
 
 def _existing_inputs(inputs: list[str]) -> list[Path]:
     paths = [Path(name) for name in inputs]
+    folders = [str(path) for path in paths if path.is_dir()]
+    if folders:
+        raise UsageError(f"input is a folder, not a file: {', '.join(folders)}")
     missing = [str(path) for path in paths if not path.is_file()]
     if missing:
         raise UsageError(f"input file not found: {', '.join(missing)}")
@@ -85,7 +101,20 @@ def _existing_inputs(inputs: list[str]) -> list[Path]:
     return paths
 
 
+def _check_output(name: str, example: str) -> Path:
+    # Checked before any input is read, so that the error names OUT and not
+    # the temporary file that write_text_atomic renames over it.
+    if not name.strip():
+        raise UsageError(f"OUT is empty; give the path of the file to write, e.g. {example}")
+    path = Path(name)
+    if path.is_dir():
+        raise UsageError(f"OUT '{path}' is a folder; give a file path such as '{path / example}'")
+    return path
+
+
 def run_merge_durations(args: argparse.Namespace) -> int:
+    output = _check_output(args.output, "durations.json")
+
     # Every input is read before OUT is written, so OUT may also be an input.
     tables = []
     for path in _existing_inputs(args.inputs):
@@ -95,50 +124,59 @@ def run_merge_durations(args: argparse.Namespace) -> int:
             raise CommandFailed(str(error)) from None
 
     merged = merge_durations(*tables)
-    save_durations(args.output, merged)
-    print(f"merged {len(tables)} durations files into {args.output}: {len(merged)} models", file=sys.stderr)
+    save_durations(output, merged)
+    print(f"merged {len(tables)} durations files into {output}: {len(merged)} models", file=sys.stderr)
     return 0
-
-
-def _report_header(path: Path) -> dict[str, Any]:
-    # load_report has validated the file already, so the top-level fields exist.
-    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def run_merge_reports(args: argparse.Namespace) -> int:
-    records = []
-    headers = []
+    output = _check_output(args.output, "report.json")
+
+    documents: list[ReportDocument] = []
     seen: dict[str, Path] = {}
     for path in _existing_inputs(args.inputs):
         try:
-            shard_records = load_report(path)
+            document = read_report(path)
         except ReportFileError as error:
             raise CommandFailed(str(error)) from None
 
-        # Shards that ran the same test read different durations files.
-        for record in shard_records:
+        for record in document.records:
             if record.nodeid in seen:
                 raise CommandFailed(
-                    f"{record.nodeid} is in both {seen[record.nodeid]} and {path}; "
-                    "every shard must read the same durations file"
+                    f"{record.nodeid} is in both {seen[record.nodeid]} and {path}: the inputs overlap. "
+                    "Either a full run is merged with one of its shards, or the shards read different "
+                    "durations files; merge the reports of one sharded run whose shards read the same file"
                 )
             seen[record.nodeid] = path
-        records.extend(shard_records)
-        headers.append(_report_header(path))
+        documents.append(document)
 
-    started = min((header.get("started") for header in headers if header.get("started")), default=None)
-    finished_times = [header.get("finished") for header in headers]
-    registries = {header.get("registry") for header in headers}
-    document = build_document(
-        records,
-        started=started or "",
-        finished=max(finished_times) if all(finished_times) else None,
-        complete=all(header.get("complete") is True for header in headers),
-        registry=registries.pop() if len(registries) == 1 else None,
+    merged = build_document(
+        [record for document in documents for record in document.records],
+        started=_earliest([document.started for document in documents]),
+        finished=_latest_if_all([document.finished for document in documents]),
+        complete=all(document.complete for document in documents),
+        registry=_common_registry(documents),
     )
-    write_report(args.output, document)
-    print(f"merged {len(headers)} reports into {args.output}: {len(records)} models", file=sys.stderr)
+    write_report(output, merged)
+    print(f"merged {len(documents)} reports into {output}: {len(seen)} models", file=sys.stderr)
     return 0
+
+
+def _earliest(times: list[str | None]) -> str | None:
+    known = [time for time in times if time is not None]
+    return min(known, key=parse_timestamp, default=None)
+
+
+def _latest_if_all(times: list[str | None]) -> str | None:
+    # A shard without a finish time did not finish, so neither did the merged run.
+    if not times or any(time is None for time in times):
+        return None
+    return max(times, key=parse_timestamp)
+
+
+def _common_registry(documents: list[ReportDocument]) -> str | None:
+    registries = {document.registry for document in documents}
+    return registries.pop() if len(registries) == 1 else None
 
 
 def add_ci_commands(commands: Any, path_help: str) -> None:

@@ -15,7 +15,8 @@ The durations file is JSON in this format (version 1)::
     }
 
 Each key is a test key, usually the pytest test id; this module treats it as an
-opaque string. ``seconds`` is required and must be a finite number >= 0.
+opaque string. ``seconds`` is required and must be a number from 0 to
+``MAX_SECONDS`` (30 days).
 ``world_size`` (a positive integer) and ``updated`` (an ISO 8601 time, UTC when
 it has no offset) are optional.
 
@@ -51,6 +52,10 @@ FORMAT_VERSION = 1
 # recorded duration. Larger models need more GPUs and take longer to load and
 # compile, so the estimate grows with the world size.
 DEFAULT_SECONDS_PER_WORLD_SIZE: Mapping[int, float] = {1: 300.0, 2: 450.0, 4: 600.0, 8: 900.0}
+
+# No test runs for 30 days, and the cap keeps sums of seconds times GPU counts
+# in the shard and matrix estimates far from float overflow.
+MAX_SECONDS = 30 * 24 * 3600
 
 _TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 
@@ -92,7 +97,8 @@ class DurationRecord:
     def measured(cls, seconds: float, world_size: int | None, when: datetime | None = None) -> DurationRecord:
         """Create a record stamped with ``when`` (default: the current UTC time).
 
-        The stamp has a resolution of one second. A naive ``when`` is taken as UTC.
+        The stamp has a resolution of one second. A naive ``when`` is taken as
+        UTC. Seconds above ``MAX_SECONDS`` are stored as ``MAX_SECONDS``.
         """
         if when is None:
             when = datetime.now(timezone.utc)
@@ -100,7 +106,7 @@ class DurationRecord:
             when = when.replace(tzinfo=timezone.utc)
 
         updated = when.astimezone(timezone.utc).strftime(_TIMESTAMP_FORMAT)
-        return cls(seconds=float(seconds), world_size=world_size, updated=updated)
+        return cls(seconds=min(float(seconds), MAX_SECONDS), world_size=world_size, updated=updated)
 
     def updated_at(self) -> datetime:
         """Return ``updated`` as an aware datetime, or the oldest datetime when it is None."""
@@ -139,6 +145,9 @@ def load_durations(path: PathLike) -> dict[str, DurationRecord]:
         # _reject_json_constant raises this for NaN and Infinity. The json
         # module accepts them by default, but they are not valid seconds.
         raise DurationsFileError(f"invalid durations file '{path}': {error}. {_FIX_HINT}") from error
+    except RecursionError:
+        # The json module's C scanner recurses once per nested list or object.
+        raise DurationsFileError(f"invalid durations file '{path}': nested too deeply. {_FIX_HINT}") from None
 
     try:
         table = _parse_document(data)
@@ -346,6 +355,8 @@ def _describe_seconds_problem(value: Any) -> str | None:
         return f"must be a number of seconds, got {_json_type(value)}"
     if not math.isfinite(value) or value < 0:
         return f"must be a finite number >= 0, got {value}"
+    if value > MAX_SECONDS:
+        return f"must be at most {MAX_SECONDS} (30 days), got {value}"
     return None
 
 

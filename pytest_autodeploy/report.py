@@ -32,6 +32,7 @@ The report file is JSON in this format (version 1)::
     }
 
 ``finished`` is null and ``complete`` is false until the session finishes.
+``started`` is null only in a merged report whose inputs lacked it.
 ``complete`` stays false when the run was interrupted, stopped early (for
 example by ``-x``) or lost a test to a crashed xdist worker. ``registry`` is
 null when unknown. ``totals_by_world_size`` uses the key ``"unknown"`` for
@@ -50,6 +51,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import threading
 import time
@@ -178,7 +180,12 @@ class ModelRecord:
 
     @classmethod
     def from_json(cls, data: Any, place: str) -> ModelRecord:
-        """Parse one record of a report file. ``place`` names the record in errors."""
+        """Parse one record of a report file. ``place`` names the record in errors.
+
+        A missing optional field gets its default. A field of the wrong type
+        raises ReportFileError instead of being converted, so a broken file
+        is not taken for a valid one.
+        """
         if not isinstance(data, dict):
             raise ReportFileError(f"{place} must be a JSON object")
         nodeid = data.get("nodeid")
@@ -189,14 +196,50 @@ class ModelRecord:
             raise ReportFileError(f'{place} has "status" {json.dumps(status)}, expected one of {", ".join(STATUSES)}')
 
         record = cls(nodeid=nodeid, status=status)
-        record.update_properties(data)
-        record.reason = _optional_string(data.get("reason"))
-        record.output_tail = _optional_string(data.get("output_tail"))
-        duration = data.get("duration")
-        if isinstance(duration, (int, float)) and not isinstance(duration, bool):
-            record.duration = float(duration)
-        record.too_few_gpus = data.get("too_few_gpus") is True
+        record.model = _json_field(data, "model", place, _is_optional_string, "a string or null")
+        record.config_id = _json_field(data, "config_id", place, _is_optional_string, "a string or null")
+        record.world_size = _json_field(data, "world_size", place, _is_optional_world_size, "a positive integer or null")
+        record.yaml_extra = list(_json_field(data, "yaml_extra", place, _is_string_list, "a list of strings") or [])
+        record.gpus = list(_json_field(data, "gpus", place, _is_string_list, "a list of strings") or [])
+        record.reason = _json_field(data, "reason", place, _is_optional_string, "a string or null")
+        record.output_tail = _json_field(data, "output_tail", place, _is_optional_string, "a string or null")
+        duration = _json_field(data, "duration", place, _is_duration, "a finite number >= 0")
+        record.duration = 0.0 if duration is None else float(duration)
+        record.too_few_gpus = _json_field(data, "too_few_gpus", place, _is_bool, "true or false") is True
         return record
+
+
+def _json_field(data: Mapping[str, Any], name: str, place: str, is_valid: Callable[[Any], bool], expected: str) -> Any:
+    """Return ``data[name]``, or None when it is missing; raise ReportFileError when it fails ``is_valid``."""
+    value = data.get(name)
+    if value is not None and not is_valid(value):
+        raise ReportFileError(f'{place} has "{name}" {_json_excerpt(value)}, expected {expected}')
+    return value
+
+
+def _is_optional_string(value: Any) -> bool:
+    return isinstance(value, str)
+
+
+def _is_optional_world_size(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _is_string_list(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(part, str) for part in value)
+
+
+def _is_duration(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+
+
+def _is_bool(value: Any) -> bool:
+    return isinstance(value, bool)
+
+
+def _json_excerpt(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 class RecordTable:
@@ -286,7 +329,7 @@ def utc_timestamp(when: datetime | None = None) -> str:
 def build_document(
     records: Iterable[ModelRecord],
     *,
-    started: str,
+    started: str | None,
     finished: str | None,
     complete: bool,
     registry: str | None,
@@ -311,8 +354,22 @@ def write_report(path: PathLike, document: Mapping[str, Any]) -> None:
     write_text_atomic(path, json.dumps(document, indent=2, allow_nan=False) + "\n")
 
 
-def load_report(path: PathLike) -> list[ModelRecord]:
-    """Read the records of a report file written by ``write_report``.
+@dataclass(frozen=True)
+class ReportDocument:
+    """A report file read back: the header fields and the records.
+
+    ``started`` and ``finished`` are ISO 8601 times, None when unknown.
+    """
+
+    started: str | None
+    finished: str | None
+    complete: bool
+    registry: str | None
+    records: list[ModelRecord]
+
+
+def read_report(path: PathLike) -> ReportDocument:
+    """Read a report file written by ``write_report``: its header fields and records.
 
     Raises ReportFileError, naming the file, when it is missing, unreadable,
     not JSON, or not a version 1 report.
@@ -322,6 +379,8 @@ def load_report(path: PathLike) -> list[ModelRecord]:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ReportFileError(f"report file '{path}' not found") from None
+    except IsADirectoryError:
+        raise ReportFileError(f"invalid report file '{path}': is a folder, not a file") from None
     except UnicodeDecodeError as error:
         raise ReportFileError(f"invalid report file '{path}': not UTF-8 text") from error
     except OSError as error:
@@ -333,6 +392,9 @@ def load_report(path: PathLike) -> list[ModelRecord]:
         raise ReportFileError(
             f"invalid report file '{path}': line {error.lineno}, column {error.colno}: {error.msg}"
         ) from error
+    except RecursionError:
+        # The json module's C scanner recurses once per nested list or object.
+        raise ReportFileError(f"invalid report file '{path}': nested too deeply") from None
 
     try:
         return _parse_document(data)
@@ -340,16 +402,66 @@ def load_report(path: PathLike) -> list[ModelRecord]:
         raise ReportFileError(f"invalid report file '{path}': {error}") from None
 
 
-def _parse_document(data: Any) -> list[ModelRecord]:
+def load_report(path: PathLike) -> list[ModelRecord]:
+    """Read the records of a report file; see ``read_report`` for the errors."""
+    return read_report(path).records
+
+
+def parse_timestamp(text: str) -> datetime:
+    """Parse an ISO 8601 time such as ``2026-12-04T19:00:00Z``; a time without an offset is UTC.
+
+    Raises ValueError for any other text.
+    """
+    # datetime.fromisoformat accepts a trailing "Z" only from Python 3.11 on.
+    parsed = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith(("Z", "z")) else text)
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=timezone.utc)
+    return parsed
+
+
+def _parse_document(data: Any) -> ReportDocument:
     if not isinstance(data, dict) or data.get("format") != FORMAT_NAME:
         raise ReportFileError(f'expected a JSON object with "format": "{FORMAT_NAME}"')
     version = data.get("version")
     if version != FORMAT_VERSION or isinstance(version, bool):
         raise ReportFileError(f'"version" is {json.dumps(version)}, but this pytest-autodeploy reads only version {FORMAT_VERSION}')
+
+    complete = data.get("complete", False)
+    if not isinstance(complete, bool):
+        raise ReportFileError(f'"complete" is {_json_excerpt(complete)}, expected true or false')
+    registry = data.get("registry")
+    if registry is not None and not isinstance(registry, str):
+        raise ReportFileError(f'"registry" is {_json_excerpt(registry)}, expected a string or null')
+
     records = data.get("records")
     if not isinstance(records, list):
         raise ReportFileError('"records" must be a JSON list')
-    return [ModelRecord.from_json(entry, f"records[{index}]") for index, entry in enumerate(records)]
+    return ReportDocument(
+        started=_header_time(data, "started"),
+        finished=_header_time(data, "finished"),
+        complete=complete,
+        registry=registry,
+        records=[ModelRecord.from_json(entry, f"records[{index}]") for index, entry in enumerate(records)],
+    )
+
+
+def _header_time(data: Mapping[str, Any], name: str) -> str | None:
+    value = data.get(name)
+    # Reports merged by earlier versions store an unknown start as "".
+    if value is None or value == "":
+        return None
+
+    valid = isinstance(value, str)
+    if valid:
+        try:
+            parse_timestamp(value)
+        except ValueError:
+            valid = False
+    if not valid:
+        raise ReportFileError(
+            f'"{name}" is {_json_excerpt(value)}, expected an ISO 8601 time such as 2026-12-04T19:00:00Z or null'
+        )
+    return value
 
 
 @dataclass(frozen=True)
@@ -493,12 +605,13 @@ def append_to_markdown(path: PathLike, environ: Mapping[str, str]) -> bool:
     GitHub Actions collects a step's summary from the file named by
     GITHUB_STEP_SUMMARY, and other tools in the same step may already have
     written to it, so that file is appended to. Any other file is replaced,
-    so reruns do not pile up old summaries.
+    so reruns do not pile up old summaries. Paths are compared after
+    resolving symbolic links, so a link to that file is appended to as well.
     """
     step_summary = environ.get("GITHUB_STEP_SUMMARY")
     if not step_summary:
         return False
-    return os.path.abspath(os.fspath(path)) == os.path.abspath(step_summary)
+    return os.path.realpath(os.fspath(path)) == os.path.realpath(step_summary)
 
 
 def write_markdown(path: PathLike, text: str, append: bool) -> None:
@@ -570,7 +683,9 @@ class ThrottledWriter:
         try:
             self._write()
         except OSError as error:
-            logger.warning("failed to write %s: %s", self._target, error)
+            # Log each new failure once, so a full disk cannot add a warning per finished test.
+            if self.error is None or str(self.error) != str(error):
+                logger.warning("failed to write %s: %s", self._target, error)
             self.error = error
         else:
             self.error = None

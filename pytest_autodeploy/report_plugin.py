@@ -242,6 +242,12 @@ class ReportPlugin:
             except OSError as error:
                 self.markdown_error = error
 
+        # A run whose results were not saved must not pass in CI. The terminal
+        # summary names the failed file.
+        report_error = self._writer.error if self._writer is not None else None
+        if (report_error is not None or self.markdown_error is not None) and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
     def _is_complete(self, session: pytest.Session, exitstatus: int | pytest.ExitCode) -> bool:
         if self.interrupted or self.table.crashed or session.shouldfail or session.shouldstop:
             return False
@@ -254,6 +260,7 @@ class ReportPlugin:
             return compare_records(self.previous, list(self.table.records.values()))
 
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
+        terminalreporter.ensure_newline()
         terminalreporter.write_sep("=", "autodeploy report")
         if self.report_path is not None:
             error = self._writer.error if self._writer is not None else None

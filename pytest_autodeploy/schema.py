@@ -27,6 +27,16 @@ class SchemaFileError(Exception):
         super().__init__(diagnostic.format())
 
 
+# The draft to name in messages about "$schema".
+_EXAMPLE_DRAFT = "https://json-schema.org/draft/2020-12/schema"
+
+
+def _nested_too_deeply(path: Path) -> SchemaFileError:
+    # json and jsonschema recurse once per nesting level, so a deep enough
+    # schema exhausts the Python stack.
+    return SchemaFileError(Diagnostic("invalid schema file: nested too deeply; flatten the schema", path=path))
+
+
 @lru_cache(maxsize=8)
 def _load_validator(path: Path, mtime_ns: int) -> Any:
     del mtime_ns  # part of the cache key only, so an edited schema is re-read
@@ -38,17 +48,42 @@ def _load_validator(path: Path, mtime_ns: int) -> Any:
         raise SchemaFileError(
             Diagnostic(f"invalid JSON: {error.msg}; fix the schema file", path=path, line=error.lineno, column=error.colno)
         ) from None
+    except RecursionError:
+        raise _nested_too_deeply(path) from None
 
-    validator_class = jsonschema.validators.validator_for(schema)
+    validator_class = _validator_class(schema, path)
     try:
         validator_class.check_schema(schema)
     except jsonschema.SchemaError as error:
         raise SchemaFileError(
             Diagnostic(f"not a valid JSON Schema: {error.message} at '{format_key_path(tuple(error.absolute_path))}'", path=path)
         ) from None
+    except RecursionError:
+        raise _nested_too_deeply(path) from None
     # An empty registry retrieves nothing: jsonschema's default would fetch a
     # remote "$ref" (http://, file://) while tests run.
     return validator_class(schema, registry=referencing.Registry())
+
+
+def _validator_class(schema: Any, path: Path) -> Any:
+    """Return the validator class for the draft that ``$schema`` names, the latest draft without it.
+
+    Raises SchemaFileError for a ``$schema`` that names no known draft.
+    jsonschema would warn and fall back to the latest draft, and under
+    ``-W error`` that warning would fail every model with a traceback.
+    """
+    if not isinstance(schema, dict) or "$schema" not in schema:
+        # check_schema then rejects a schema that is not an object or a boolean.
+        return jsonschema.validators.validator_for({})
+
+    url = schema["$schema"]
+    # With a default, validator_for returns it for an unknown URL and does not warn.
+    validator_class = jsonschema.validators.validator_for(schema, default=None) if isinstance(url, str) else None
+    if validator_class is None:
+        raise SchemaFileError(
+            Diagnostic(f"unknown $schema URL {json.dumps(url)}; use e.g. {_EXAMPLE_DRAFT}", path=path)
+        )
+    return validator_class
 
 
 def _unresolvable_diagnostic(schema_path: Path, error: referencing.exceptions.Unresolvable) -> Diagnostic:
@@ -94,6 +129,11 @@ def validate_config(schema_path: Path, merged: MergedConfig, test_id: str) -> li
         errors = list(validator.iter_errors(merged.data))
     except referencing.exceptions.Unresolvable as error:
         raise SchemaFileError(_unresolvable_diagnostic(schema_path, error)) from None
+    except RecursionError:
+        # The schema loaded, so the config's nesting, followed by a recursive
+        # "$ref", went too deep: a problem of this model, not of the schema.
+        message = f"{test_id}: nested too deeply to check against {schema_path.name}; flatten the config or the schema"
+        return [Diagnostic(message, path=schema_path, entry=test_id)]
 
     problems = []
     for error in sorted(errors, key=lambda error: list(map(str, error.absolute_path))):

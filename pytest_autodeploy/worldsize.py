@@ -9,6 +9,8 @@ from .merge import MergedConfig, Origin
 
 WORLD_SIZE_KEY = "world_size"
 PARALLEL_KEYS = ("tensor_parallel_size", "pipeline_parallel_size")
+# Far beyond any deployment today; it keeps GPU-second sums for sharding finite.
+MAX_WORLD_SIZE = 65536
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,11 @@ def _check_positive_int(key: str, merged: MergedConfig, problems: list[Diagnosti
     if value < 1:
         problems.append(
             _located(f"{key} must be a positive integer, got {value}; use 1 or more", origin)
+        )
+        return None
+    if value > MAX_WORLD_SIZE:
+        problems.append(
+            _located(f"{key} is {value}, more than {MAX_WORLD_SIZE} GPUs; give the real GPU count", origin)
         )
         return None
     return value

@@ -90,6 +90,32 @@ def test_load_reports_json_position(tmp_path: Path) -> None:
     assert "Fix the file or delete it" in message
 
 
+def test_load_rejects_deep_nesting(tmp_path: Path) -> None:
+    path = tmp_path / "durations.json"
+    path.write_text("[" * 100_000 + "]" * 100_000, encoding="utf-8")
+
+    with pytest.raises(DurationsFileError) as excinfo:
+        load_durations(path)
+
+    assert str(excinfo.value) == (
+        f"invalid durations file '{path}': nested too deeply. "
+        "Fix the file or delete it to start without recorded durations."
+    )
+
+
+def test_load_accepts_thirty_days(tmp_path: Path) -> None:
+    path = tmp_path / "durations.json"
+    path.write_text('{"a": 2592000}', encoding="utf-8")
+
+    assert load_durations(path) == {"a": DurationRecord(2592000.0)}
+
+
+def test_measured_caps_seconds() -> None:
+    record = DurationRecord.measured(1e9, 1)
+
+    assert record.seconds == 2592000.0
+
+
 def test_load_rejects_empty_file(tmp_path: Path) -> None:
     path = tmp_path / "durations.json"
     path.write_text("", encoding="utf-8")
@@ -122,6 +148,9 @@ def test_load_rejects_folder(tmp_path: Path) -> None:
         ('{"a": NaN}', "NaN is not a valid number of seconds"),
         ('{"a": Infinity}', "Infinity is not a valid number of seconds"),
         ('{"a": 1e999}', 'the value of "a" must be a finite number >= 0, got inf'),
+        ('{"a": 1e308}', 'the value of "a" must be at most 2592000 (30 days), got 1e+308'),
+        ('{"a": 2592001}', 'the value of "a" must be at most 2592000 (30 days), got 2592001'),
+        ('[["a", 1e308]]', 'the seconds of "a" must be at most 2592000 (30 days), got 1e+308'),
         ("[1]", "item 0 of the top-level list must be a [key, seconds] pair"),
         ('[["a", "x"]]', 'the seconds of "a" must be a number of seconds, got the string "x"'),
         ('{"format": "other", "durations": {}}', "\"format\" is 'other', expected 'pytest-autodeploy-durations'"),
@@ -365,6 +394,7 @@ def test_measured_defaults_to_now() -> None:
     [
         ((-1.0,), "seconds must be a finite number >= 0"),
         ((float("nan"),), "seconds must be a finite number >= 0"),
+        ((1e308,), "seconds must be at most 2592000"),
         ((1.0, 0), "world_size must be a positive integer"),
         ((1.0, 1, "not a time"), "updated must be an ISO 8601 time"),
         ((1.0, 1, 20261204), "updated must be an ISO 8601 time string"),

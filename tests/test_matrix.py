@@ -894,3 +894,28 @@ def test_hook_files_pattern(path: str, matches: bool) -> None:
 
     # pre-commit matches the files pattern with re.search.
     assert bool(re.search(pattern, path)) is matches
+
+
+def test_doc_slurm_merge_first_night(tmp_path: Path) -> None:
+    block = next(block for block in code_blocks("bash") if "--wrap" in block)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "python"
+    fake.write_text('#!/bin/sh\necho "$*" >> calls.txt\n')
+    fake.chmod(0o755)
+    shard_dir = tmp_path / "autodeploy" / "77"
+    shard_dir.mkdir(parents=True)
+    (shard_dir / "durations-shard-1-of-1.json").write_text("{}")
+
+    # sbatch prints the --wrap text, which then runs with sh as Slurm would.
+    printed = subprocess.run(
+        ["bash", "-c", f'sbatch() {{ printf "%s" "$3"; }}\njobid=77\n{block}'],
+        capture_output=True, text=True, timeout=30,
+    )
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    subprocess.run(["sh", "-c", printed.stdout], cwd=tmp_path, env=env, timeout=30, check=True)
+
+    assert (tmp_path / "calls.txt").read_text().splitlines() == [
+        "-m pytest_autodeploy merge-durations autodeploy/durations.json autodeploy/77/durations-shard-1-of-1.json",
+        "-m pytest_autodeploy merge-reports autodeploy/77/report.json autodeploy/77/report-*.json",
+    ]

@@ -737,7 +737,7 @@ def test_plugin_compare_lines(project: pytest.Pytester) -> None:
         record("test_models.py::test_pass", "failed", model="org/a", config_id="base"),
         record("test_models.py::test_fail", "passed", model="org/b"),
     ]
-    write_report(previous, build_document(records, started="s", finished="f", complete=True, registry=None))
+    write_report(previous, build_document(records, started="2026-12-04T00:00:00Z", finished="2026-12-04T01:00:00Z", complete=True, registry=None))
 
     result = project.runpytest(*DISABLE_INSTALLED, f"--autodeploy-compare={previous}")
 
@@ -779,3 +779,92 @@ def test_plugin_markdown_step_summary(project: pytest.Pytester, monkeypatch: pyt
     assert "| **total** | 4 | 1 | 1 | 1 | 1 | 0 | 0 |" in lines
     assert "- `test_models.py::test_fail` failed: AssertionError: wrong answer" in lines
     assert "- `test_models.py::test_skip`: needs 8 GPUs, this node has 2" in lines
+
+
+def test_markdown_appends_through_symlink(tmp_path: Path) -> None:
+    summary = tmp_path / "summary.md"
+    summary.write_text("", encoding="utf-8")
+    link = tmp_path / "link.md"
+    link.symlink_to(summary)
+
+    assert append_to_markdown(link, {"GITHUB_STEP_SUMMARY": str(summary)}) is True
+
+
+def test_writer_logs_repeated_error_once(caplog: pytest.LogCaptureFixture) -> None:
+    def fail() -> None:
+        raise OSError(28, "No space left on device")
+
+    writer = ThrottledWriter(fail, "test file", interval=0.0)
+
+    writer.flush()
+    writer.flush()
+
+    assert caplog.messages == ["failed to write test file: [Errno 28] No space left on device"]
+
+
+def test_load_deep_nesting(tmp_path: Path) -> None:
+    path = tmp_path / "report.json"
+    path.write_text("[" * 100_000 + "]" * 100_000, encoding="utf-8")
+
+    with pytest.raises(ReportFileError) as error:
+        load_report(path)
+
+    assert str(error.value) == f"invalid report file '{path}': nested too deeply"
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("model", 5, 'records[0] has "model" 5, expected a string or null'),
+        ("config_id", ["x"], 'records[0] has "config_id" ["x"], expected a string or null'),
+        ("world_size", "2", 'records[0] has "world_size" "2", expected a positive integer or null'),
+        ("world_size", 0, 'records[0] has "world_size" 0, expected a positive integer or null'),
+        ("yaml_extra", "a.yaml", 'records[0] has "yaml_extra" "a.yaml", expected a list of strings'),
+        ("gpus", [0, 1], 'records[0] has "gpus" [0, 1], expected a list of strings'),
+        ("duration", "1.5", 'records[0] has "duration" "1.5", expected a finite number >= 0'),
+        ("duration", -1, 'records[0] has "duration" -1, expected a finite number >= 0'),
+        ("reason", 3, 'records[0] has "reason" 3, expected a string or null'),
+        ("too_few_gpus", "yes", 'records[0] has "too_few_gpus" "yes", expected true or false'),
+    ],
+)
+def test_load_rejects_record_field(tmp_path: Path, field: str, value: object, message: str) -> None:
+    entry = {"nodeid": "m::a", "status": "passed", field: value}
+    path = write_json(tmp_path / "report.json", {"format": FORMAT_NAME, "version": 1, "records": [entry]})
+
+    with pytest.raises(ReportFileError) as error:
+        load_report(path)
+
+    assert str(error.value) == f"invalid report file '{path}': {message}"
+
+
+def test_load_accepts_minimal_record(tmp_path: Path) -> None:
+    entry = {"nodeid": "m::a", "status": "passed"}
+    path = write_json(tmp_path / "report.json", {"format": FORMAT_NAME, "version": 1, "started": "", "records": [entry]})
+
+    assert load_report(path) == [record("m::a", "passed")]
+
+
+UNWRITABLE_TESTS = """
+import shutil
+
+import pytest
+
+
+@pytest.mark.model("org/a", "base", 1)
+def test_breaks_output_folder():
+    # Replace the output folder with a file, so the writes at the end fail.
+    shutil.rmtree("out")
+    with open("out", "w") as stream:
+        stream.write("not a folder")
+"""
+
+
+@pytest.mark.parametrize("option", ["--autodeploy-report=out/report.json", "--autodeploy-markdown=out/summary.md"])
+def test_plugin_write_failure_fails_run(project: pytest.Pytester, option: str) -> None:
+    project.makepyfile(test_models=UNWRITABLE_TESTS)
+    (project.path / "out").mkdir()
+
+    result = project.runpytest(*DISABLE_INSTALLED, option)
+
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(["failed to write * File exists"])

@@ -91,3 +91,67 @@ def test_schema_removed_before_validation(tmp_path: Path) -> None:
         validate_config(missing, config({"runtime": "trtllm"}, tmp_path), "org/a")
 
     assert caught.value.diagnostic.format() == f"{missing}: error: cannot read schema: No such file or directory"
+
+
+def test_deeply_nested_json(tmp_path: Path) -> None:
+    schema = tmp_path / "config.schema.json"
+    schema.write_text("[" * 100_000 + "]" * 100_000, encoding="utf-8")
+
+    with pytest.raises(SchemaFileError) as caught:
+        validate_config(schema, config({"runtime": "trtllm"}, tmp_path), "org/a")
+
+    assert caught.value.diagnostic.format() == f"{schema}: error: invalid schema file: nested too deeply; flatten the schema"
+
+
+def test_deeply_nested_schema(tmp_path: Path) -> None:
+    # Valid JSON that json.loads reads, but 300 levels of "properties" are too
+    # deep for check_schema, which recurses several frames per level.
+    text = '{"type": "object"}'
+    for _ in range(300):
+        text = '{"type": "object", "properties": {"a": ' + text + "}}"
+    schema = tmp_path / "config.schema.json"
+    schema.write_text(text, encoding="utf-8")
+
+    with pytest.raises(SchemaFileError) as caught:
+        validate_config(schema, config({"runtime": "trtllm"}, tmp_path), "org/a")
+
+    assert caught.value.diagnostic.format() == f"{schema}: error: invalid schema file: nested too deeply; flatten the schema"
+
+
+@pytest.mark.parametrize("url", ["https://example.com/my-draft", 5])
+def test_unknown_schema_url(tmp_path: Path, url: object) -> None:
+    schema = write_schema(tmp_path, {"$schema": url, "type": "object"})
+
+    with pytest.raises(SchemaFileError) as caught:
+        validate_config(schema, config({"runtime": "trtllm"}, tmp_path), "org/a")
+
+    assert caught.value.diagnostic.format() == (
+        f"{schema}: error: unknown $schema URL {json.dumps(url)}; use e.g. https://json-schema.org/draft/2020-12/schema"
+    )
+
+
+def test_known_schema_url(tmp_path: Path) -> None:
+    schema = write_schema(tmp_path, {"$schema": "http://json-schema.org/draft-07/schema#", "type": "object"})
+
+    assert validate_config(schema, config({"runtime": "trtllm"}, tmp_path), "org/a") == []
+
+
+def test_schema_not_an_object(tmp_path: Path) -> None:
+    schema = tmp_path / "config.schema.json"
+    schema.write_text("5", encoding="utf-8")
+
+    with pytest.raises(SchemaFileError, match="not a valid JSON Schema"):
+        validate_config(schema, config({"runtime": "trtllm"}, tmp_path), "org/a")
+
+
+def test_deeply_nested_config(tmp_path: Path) -> None:
+    schema = write_schema(tmp_path, {"type": "object", "properties": {"a": {"$ref": "#"}}})
+    data: dict[str, Any] = {}
+    for _ in range(400):
+        data = {"a": data}
+
+    problems = validate_config(schema, config(data, tmp_path), "org/a")
+
+    assert [problem.format() for problem in problems] == [
+        f"{schema}: error: org/a: nested too deeply to check against config.schema.json; flatten the config or the schema"
+    ]

@@ -179,7 +179,6 @@ def test_split_same_in_other_process(hash_seed: str) -> None:
     ("items", "n", "message"),
     [
         ([("a", 1.0)], 0, "invalid shard count"),
-        ([("a", 1.0), ("a", 2.0)], 2, "duplicate key 'a'"),
         ([("a", -1.0)], 2, "invalid GPU-seconds for 'a'"),
         ([("a", float("nan"))], 2, "invalid GPU-seconds for 'a'"),
         ([("a", float("inf"))], 2, "invalid GPU-seconds for 'a'"),
@@ -190,9 +189,25 @@ def test_split_rejects_invalid_input(items: list[tuple[str, float]], n: int, mes
         split_shards(items, n)
 
 
+def test_split_keeps_first_of_duplicates() -> None:
+    items = [("a", 5.0), ("b", 4.0), ("a", 100.0), ("c", 3.0)]
+
+    shards = split_shards(items, 2)
+
+    assert shards == [["a"], ["b", "c"]]
+
+
+def test_split_more_shards_than_items() -> None:
+    items = [("a", 0.0), ("b", 2.0), ("c", 1.0)]
+
+    shards = split_shards(items, 5)
+
+    assert shards == [["b"], ["c"], ["a"], [], []]
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("1/1", (1, 1)), ("1/4", (1, 4)), ("4/4", (4, 4)), (" 2/8 ", (2, 8)), ("03/10", (3, 10))],
+    [("1/1", (1, 1)), ("1/4", (1, 4)), ("4/4", (4, 4)), (" 2/8 ", (2, 8)), ("03/10", (3, 10)), ("1/10000", (1, 10000))],
 )
 def test_parse_shard_spec_accepts(text: str, expected: tuple[int, int]) -> None:
     assert parse_shard_spec(text) == expected
@@ -205,6 +220,8 @@ def test_parse_shard_spec_accepts(text: str, expected: tuple[int, int]) -> None:
         ("0/4", "invalid --autodeploy-shard value '0/4': K must be between 1 and N, e.g. 1/4"),
         ("1/0", "invalid --autodeploy-shard value '1/0': N must be at least 1, e.g. 1/4"),
         ("0/0", "invalid --autodeploy-shard value '0/0': N must be at least 1, e.g. 1/4"),
+        ("1/10001", "invalid --autodeploy-shard value '1/10001': N must be at most 10000, e.g. 1/4"),
+        ("1/100000000", "invalid --autodeploy-shard value '1/100000000': N must be at most 10000, e.g. 1/4"),
         ("", "invalid --autodeploy-shard value '': expected K/N with whole numbers K and N, e.g. 1/4"),
         ("2", "invalid --autodeploy-shard value '2': expected K/N with whole numbers K and N, e.g. 1/4"),
         ("-1/4", "invalid --autodeploy-shard value '-1/4': expected K/N with whole numbers K and N, e.g. 1/4"),

@@ -144,3 +144,12 @@ def test_world_size_invalid_value_overridden() -> None:
     merged = merged_from((DEFAULT, "world_size: '2'\n"), (WORLD_SIZE, "world_size: 4\n"))
 
     assert effective_world_size(merged).value == 4
+
+
+def test_world_size_above_cap() -> None:
+    merged = MergedConfig(data={"world_size": 10**400})
+
+    with pytest.raises(WorldSizeError) as raised:
+        effective_world_size(merged)
+
+    assert "more than 65536 GPUs" in raised.value.diagnostics[0].message

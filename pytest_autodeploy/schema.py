@@ -119,6 +119,8 @@ def validate_config(schema_path: Path, merged: MergedConfig, test_id: str) -> li
 
     Raises :class:`SchemaFileError` when the schema itself is broken.
     """
+    # NOTE: "pattern" keywords run through Python's re without a time limit,
+    # so a catastrophic pattern such as (a+)+$ can stall validation.
     try:
         mtime_ns = schema_path.stat().st_mtime_ns
     except OSError as error:

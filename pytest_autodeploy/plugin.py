@@ -150,6 +150,8 @@ def _check_outputs_apart(config: pytest.Config, registry: Registry) -> None:
         path = output_path(config, name)
         if path is not None:
             outputs[name] = path.resolve()
+    if not outputs:
+        return
 
     inputs = {registry.models_path, *(path.resolve() for path in registry.config_files())}
     if registry.schema_path is not None:
@@ -170,11 +172,10 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
         return None
     state = get_state(config)
     registry = state.registry
-    lines = [
+    return [
         f"autodeploy: registry {registry.models_path} ({state.registry_source}), {len(registry.models)} models",
         f"autodeploy: runner {state.settings.runner_name}; GPUs: {state.inventory.describe()}",
     ]
-    return lines
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:

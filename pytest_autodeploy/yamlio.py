@@ -160,12 +160,16 @@ class _Builder:
             return []
 
         result = []
+        # A plain value inside a one-line [a, b] list reports at the list's
+        # line; skipping those saves time on big registries.
+        in_flow_list = node.flow_style
         for index, child in enumerate(node.value):
+            if in_flow_list and child.tag == _STR_TAG and isinstance(child, yaml.ScalarNode):
+                result.append(child.value)
+                continue
             child_path = key_path + (index,)
-            # A plain value inside a one-line [a, b] list reports at the
-            # list's line; skipping those saves time on big registries.
-            if not (node.flow_style and isinstance(child, yaml.ScalarNode)):
-                self.lines[child_path] = _mark_line(child.start_mark) or 0
+            if not (in_flow_list and isinstance(child, yaml.ScalarNode)):
+                self.lines[child_path] = child.start_mark.line + 1
             result.append(self.build(child, child_path))
         return result
 

@@ -320,8 +320,12 @@ def select_model(registry: Registry, query: str, config_id: str | None) -> Model
             raise CommandFailed(f"{query} has no entry with config_id {config_id!r}; its config_ids: {known}")
         matches = chosen
 
-    # NOTE: an entry without config_id that shares its name with other entries
-    # cannot be selected, because its test id is the bare name.
+    # An entry without config_id that shares its name with other entries has
+    # the bare name as its test id: an exact test id match selects it.
+    if len(matches) > 1 and config_id is None:
+        exact = [model for model in matches if model.test_id == query]
+        if len(exact) == 1:
+            return exact[0]
     if len(matches) > 1:
         listed = "\n".join(f"  {describe_entry(model, registry)}" for model in matches)
         raise UsageError(f"{query} matches {len(matches)} entries; pass --config-id ID to choose one:\n{listed}")

@@ -612,3 +612,21 @@ def test_validate_tensorrt_llm_registry(capsys: pytest.CaptureFixture[str]) -> N
 
     assert code == 0
     assert "total: 138 models, 0 errors" in out
+
+
+def test_explain_entry_without_config_id(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    models = """\
+version: '2.0'
+models:
+- name: org/pair-1B
+  yaml_extra: [dashboard_default.yaml, world_size_1.yaml]
+- name: org/pair-1B
+  config_id: tuned
+  yaml_extra: [dashboard_default.yaml, world_size_1.yaml]
+"""
+    root = write_registry(tmp_path / "registry", models)
+
+    code, out, _ = run_cli(capsys, "explain", "org/pair-1B", str(root))
+
+    assert code == 0
+    assert "config_id: (none)" in out

@@ -38,17 +38,7 @@ def autodeploy_model(request: pytest.FixtureRequest, tmp_path_factory: pytest.Te
     if not isinstance(model, Model):
         pytest.skip("autodeploy_model needs --autodeploy-registry to parametrize this test")
     folder = tmp_path_factory.mktemp("autodeploy-config")
-    # The same properties as built-in items, for reports, junitxml and the summary.
-    # autodeploy_gpus fills in "gpus" with the GPUs of its lease.
-    request.node.user_properties.extend(
-        [
-            ("model", model.name),
-            ("config_id", model.config_id or ""),
-            ("world_size", model.world_size),
-            ("yaml_extra", list(model.entry.yaml_extra)),
-            ("gpus", ""),
-        ]
-    )
+    # The plugin added the model's user properties at collection.
     return AutodeployModel(
         name=model.name,
         config_id=model.config_id,

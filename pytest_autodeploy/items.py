@@ -45,6 +45,18 @@ def model_marks(model: Model, *, runs_model: bool = True) -> list[pytest.MarkDec
     return marks
 
 
+def model_properties(model: Model) -> list[tuple[str, object]]:
+    """Return the user properties that identify a model in reports and junitxml."""
+    return [
+        ("model", model.name),
+        ("config_id", model.config_id or ""),
+        ("world_size", model.world_size),
+        ("yaml_extra", ",".join(model.entry.yaml_extra)),
+        # The command runner and the autodeploy_gpus fixture fill in the leased GPUs.
+        ("gpus", ""),
+    ]
+
+
 class RegistryFile(pytest.File):
     """Collects ``models.yaml``; a registry with errors becomes one collection error."""
 
@@ -82,16 +94,7 @@ class ModelItem(pytest.Item):
         self.keywords.update({mark.name: mark for mark in marks})
         # user_properties travel with every report, also from xdist workers,
         # and junitxml writes them as <property> elements.
-        self.user_properties.extend(
-            [
-                ("model", model.name),
-                ("config_id", model.config_id or ""),
-                ("world_size", model.world_size),
-                ("yaml_extra", list(model.entry.yaml_extra)),
-                # The command runner fills in the GPUs of the item's lease.
-                ("gpus", ""),
-            ]
-        )
+        self.user_properties.extend(model_properties(model))
 
     def runtest(self) -> None:
         from .session import get_state

@@ -20,11 +20,11 @@ from .durations import (
 )
 from .fixtures import AutodeployModel, autodeploy_gpus, autodeploy_model
 from .gpus import GpuSpecError, discover_gpus
-from .items import ModelItem, RegistryFile, model_marks
+from .items import ModelItem, RegistryFile, model_marks, model_properties
 from .leases import default_lock_dir
 from .markers import AUTODEPLOY_MARKER, config_marker, world_size_marker
 from .options import Settings, add_options, output_path, resolve_settings
-from .registry import Registry, load_registry
+from .registry import Model, Registry, load_registry
 from .report_plugin import register_report_plugin
 from .session import STATE_KEY, SessionState, get_state, is_xdist_worker
 from .summary import TOO_FEW_GPUS, ResultTable
@@ -212,11 +212,22 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     # names the model. Strict mode fails it when it runs instead.
     if state.uses_gpus and not state.settings.strict_gpus:
         for item in items:
-            if isinstance(item, ModelItem) and (item.model.world_size or 0) > state.inventory.count:
+            if (
+                isinstance(item, ModelItem)
+                and item.model.entry.skip is None
+                and (item.model.world_size or 0) > state.inventory.count
+            ):
                 # pytest's -rs folds skips by file, so the reason names the model.
                 reason = f"{item.model.test_id}: {state.too_few_gpus_reason(item.model)}"
                 item.add_marker(pytest.mark.skip(reason=reason))
                 item.user_properties.append((TOO_FEW_GPUS, True))
+
+    # Tests that take the autodeploy_model fixture carry the same properties as
+    # built-in items, from collection on, so a skipped one still counts.
+    for item in items:
+        model = None if isinstance(item, ModelItem) else item_model(item)
+        if model is not None:
+            item.user_properties.extend(model_properties(model))
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -242,6 +253,15 @@ def pytest_collection(session: pytest.Session) -> None:
                 f"registry warnings are errors under this run's warning filters:\n{listed}\n"
                 "fix them, or add 'ignore::pytest_autodeploy.plugin.RegistryWarning' to filterwarnings"
             ) from None
+
+
+def item_model(item: pytest.Item) -> Model | None:
+    """Return the registry model a test runs: a built-in item's, or the autodeploy_model parameter."""
+    if isinstance(item, ModelItem):
+        return item.model
+    callspec = getattr(item, "callspec", None)
+    model = callspec.params.get("autodeploy_model") if callspec is not None else None
+    return model if isinstance(model, Model) else None
 
 
 def _item_key(item: pytest.Item) -> str:
@@ -273,7 +293,9 @@ def _shard_selection(state: SessionState, items: list[pytest.Item]) -> set[str]:
             continue
         seen.add(key)
         if isinstance(item, ModelItem):
-            weighted.append((key, model_gpu_seconds(item.model, state.durations)))
+            # A model too big for this node is skipped at once, so it costs nothing here.
+            too_big = state.uses_gpus and (item.model.world_size or 0) > state.inventory.count
+            weighted.append((key, 0.0 if too_big else model_gpu_seconds(item.model, state.durations)))
         else:
             weighted.append((key, estimate_seconds(key, 1, state.durations)))
     shards = split_shards(weighted, n)
@@ -299,18 +321,20 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[Any]:
     report = yield
-    if not isinstance(item, ModelItem) or call.when != "call" or item.model.entry.xfail is None:
+    model = item_model(item)
+    if model is None or call.when != "call" or model.entry.xfail is None:
         return report
-    # --runxfail reports xfail entries as if they had no xfail.
-    if not item.runs_model or item.config.option.runxfail:
+    # The check runner does not run the model, and --runxfail reports xfail
+    # entries as if they had none.
+    if (isinstance(item, ModelItem) and not item.runs_model) or item.config.option.runxfail:
         return report
-    reason = item.model.entry.xfail
+    reason = model.entry.xfail
     if report.failed:
         report.outcome = "skipped"
         report.wasxfail = reason
     elif report.passed and get_state(item.config).settings.strict_xfail:
         report.outcome = "failed"
-        report.longrepr = f"{item.model.test_id} now passes; remove xfail (its reason was: {reason})"
+        report.longrepr = f"{model.test_id} now passes; remove xfail (its reason was: {reason})"
     elif report.passed:
         report.wasxfail = reason
     return report
@@ -420,9 +444,16 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
 
 
 def _collect_results(terminalreporter: Any) -> ResultTable:
+    reports = [
+        report
+        for category in terminalreporter.stats.values()
+        for report in category
+        if isinstance(report, pytest.TestReport)
+    ]
+    # xdist's report for a crashed worker's item carries no user properties;
+    # its setup report does.
+    known = {report.nodeid: report.user_properties for report in reports if report.user_properties}
     table = ResultTable()
-    for reports in terminalreporter.stats.values():
-        for report in reports:
-            if isinstance(report, pytest.TestReport):
-                table.record(report)
+    for report in reports:
+        table.record(report, known.get(report.nodeid))
     return table

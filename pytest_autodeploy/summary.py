@@ -40,8 +40,9 @@ class ResultTable:
 
     results: dict[str, ModelResult] = field(default_factory=dict)
 
-    def record(self, report: pytest.TestReport) -> None:
-        properties = _properties(report)
+    def record(self, report: pytest.TestReport, fallback_properties: Any = None) -> None:
+        """Record a report; ``fallback_properties`` stand in when the report has none."""
+        properties = _properties(report) or dict(fallback_properties or [])
         if "model" not in properties:
             return
 

@@ -236,7 +236,7 @@ def test_properties_match_builtin_items(pytester: pytest.Pytester, registry: Pat
         ["model", "org/one"],
         ["config_id", ""],
         ["world_size", 1],
-        ["yaml_extra", ["world_size_1.yaml"]],
+        ["yaml_extra", "world_size_1.yaml"],
         ["gpus", "0"],
     ]
 
@@ -260,6 +260,6 @@ def test_model_properties_without_lease(pytester: pytest.Pytester, registry: Pat
         ["model", "org/one"],
         ["config_id", ""],
         ["world_size", 1],
-        ["yaml_extra", ["world_size_1.yaml"]],
+        ["yaml_extra", "world_size_1.yaml"],
         ["gpus", ""],
     ]

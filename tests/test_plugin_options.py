@@ -209,3 +209,35 @@ def test_check_runner_ignores_entry_outcomes(pytester: pytest.Pytester, registry
 
     result.assert_outcomes(passed=3, failed=1)
     result.stdout.fnmatch_lines(["*org/eight: 'world_size' fails config.schema.json*"])
+
+
+def test_shard_ignores_models_node_skips(pytester: pytest.Pytester, registry: Path) -> None:
+    # org/eight needs 8 GPUs and the node has 2, so it must not weigh down a shard.
+    args = [
+        f"--autodeploy-registry={registry}",
+        "--autodeploy-command=true",
+        "--autodeploy-gpus=2",
+        f"--autodeploy-lock-dir={pytester.path / 'locks'}",
+        "--co",
+        "-q",
+    ]
+
+    first = [line for line in pytester.runpytest(*args, "--autodeploy-shard=1/2").outlines if "::" in line]
+    second = [line for line in pytester.runpytest(*args, "--autodeploy-shard=2/2").outlines if "::" in line]
+
+    assert len(first) == 2
+    assert len(second) == 2
+
+
+def test_fixture_tests_follow_entry_outcomes(pytester: pytest.Pytester, registry: Path) -> None:
+    text = (registry / "models.yaml").read_text()
+    text = text.replace("- name: org/one\n", '- name: org/one\n  xfail: "known crash"\n')
+    text = text.replace("  config_id: b\n", '  config_id: b\n  skip: "no weights"\n')
+    (registry / "models.yaml").write_text(text)
+    pytester.makepyfile(test_user="def test_model(autodeploy_model):\n    assert autodeploy_model.name != 'org/one'\n")
+
+    result = pytester.runpytest(f"--autodeploy-registry={registry}", "test_user.py")
+
+    result.assert_outcomes(passed=2, skipped=1, xfailed=1)
+    # The skipped model still counts in the summary table: 2 models of world size 2.
+    result.stdout.fnmatch_lines(["*2       2        1        0        1        0        0"])

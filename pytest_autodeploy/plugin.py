@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import warnings
 from pathlib import Path
 from typing import Any, Iterator
@@ -24,6 +25,7 @@ from .items import ModelItem, RegistryFile, model_marks, model_properties
 from .leases import default_lock_dir
 from .markers import AUTODEPLOY_MARKER, config_marker, world_size_marker
 from .options import Settings, add_options, output_path, resolve_settings
+from .process import stop_on_sigterm, terminate_with_parent
 from .registry import Model, Registry, load_registry
 from .report_plugin import register_report_plugin
 from .session import STATE_KEY, SessionState, get_state, is_xdist_worker
@@ -137,6 +139,15 @@ def pytest_configure(config: pytest.Config) -> None:
 
     if not is_xdist_worker(config):
         config.pluginmanager.register(DurationRecorder(get_state(config)), "autodeploy-durations")
+
+    # A cancelled CI job must not leave model commands running on GPUs.
+    if settings.command is not None:
+        previous: list = []
+        stop_on_sigterm(previous)
+        if previous:
+            config.add_cleanup(lambda: signal.signal(signal.SIGTERM, previous[0]))
+        if is_xdist_worker(config):
+            terminate_with_parent()
 
     # With the flag and no test paths, collect only the registry.
     if config.args_source != pytest.Config.ArgsSource.ARGS:

@@ -8,11 +8,13 @@ kills the whole group if the pytest process dies first.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -20,6 +22,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 _LAUNCHER = Path(__file__).with_name("_launch.py")
+_PR_SET_PDEATHSIG = 1
 _CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 # Seconds between SIGTERM and SIGKILL when a process group is stopped.
@@ -118,3 +121,38 @@ def run_command(
         except (ProcessLookupError, PermissionError):
             pass
     return CommandResult(returncode, False, time.monotonic() - start, log_path)
+
+
+def stop_on_sigterm(restore: list) -> None:
+    """Make SIGTERM interrupt this process like Ctrl-C, so model commands get killed.
+
+    CI systems cancel a job with SIGTERM, often to the main process only. The
+    previous handler is appended to ``restore`` for the caller to put back.
+    Only the main thread may set handlers; elsewhere this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt("received SIGTERM")
+
+    restore.append(signal.signal(signal.SIGTERM, interrupt))
+
+
+def terminate_with_parent() -> None:
+    """Ask Linux to send this process SIGTERM when its parent dies.
+
+    An xdist worker whose controller was killed would otherwise finish its
+    current model first, which can take as long as the model's timeout.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    # The parent may have died before prctl took effect.
+    if os.getppid() != parent:
+        os.kill(os.getpid(), signal.SIGTERM)

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from pytest_autodeploy.leases import LeaseManager
+
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses the Linux launcher and /proc")
 
 COMMAND = '''
@@ -109,3 +111,29 @@ def test_report_after_ctrl_c(tmp_path: Path) -> None:
     assert statuses(tmp_path) == {"org/a": "passed", "org/b": "passed"}
     assert document["complete"] is False
     assert not (tmp_path / "markers" / "org_never").exists()
+
+
+def test_sigterm_to_main_process_stops_commands(tmp_path: Path) -> None:
+    # CI systems cancel a job with SIGTERM to the main process only.
+    argv = make_project(tmp_path, ["org/slow", "org/a", "org/b"])
+    process = subprocess.Popen(
+        [*argv, "-n", "2"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "markers" / "org_slow").exists():
+            assert time.monotonic() < deadline, "org/slow never started"
+            time.sleep(0.05)
+        time.sleep(0.3)
+
+        os.kill(process.pid, signal.SIGTERM)
+        process.wait(timeout=60)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+    # Checked at once: pytest must not exit while a model command still runs.
+    command_pid = int((tmp_path / "markers" / "org_slow").read_text())
+    assert not is_running(command_pid)
+    assert LeaseManager(tmp_path / "locks", ["0", "1"]).free_gpus() == ("0", "1")

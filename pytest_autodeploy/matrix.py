@@ -219,7 +219,7 @@ def _group_jobs(
     jobs = []
     for index, shard in enumerate(plan_shards(models, table, count), start=1):
         spec = f"{index}/{count}"
-        argv = [registry_flag, "-m", world_size_marker(world_size), SHARD_OPTION, spec]
+        argv = [registry_flag, "-m", world_size_marker(world_size), f"{SHARD_OPTION}={spec}"]
         wall_seconds = shard_wall_seconds(world_size, [seconds_by_id[key] for key in shard], gpus)
         jobs.append(
             {

@@ -560,7 +560,7 @@ def render_markdown(document: Mapping[str, Any], comparison: Comparison | None =
     too_few = [record for record in records if record.too_few_gpus]
     if too_few:
         lines += ["", f"### Not run: too few GPUs ({len(too_few)})", ""]
-        lines += [f"- {_code(record.nodeid)}: {_markdown_reason(record.reason)}" for record in too_few]
+        lines += [f"- {_code(record.nodeid)}: {_markdown_reason(_without_model_prefix(record))}" for record in too_few]
 
     if comparison is not None:
         lines += ["", f"### Compared with {_code(compared_with)}", ""]
@@ -720,3 +720,12 @@ def _tail(text: str) -> str | None:
     if not lines:
         return None
     return "\n".join(lines[-OUTPUT_TAIL_LINES:])
+
+
+def _without_model_prefix(record: ModelRecord) -> str | None:
+    """Return the reason without a leading "org/model: ", which the node id already shows."""
+    reason = record.reason or ""
+    prefix, separator, rest = reason.partition(": ")
+    if separator and record.nodeid.endswith((prefix, f"[{prefix}]")):
+        return rest
+    return record.reason

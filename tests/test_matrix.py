@@ -353,8 +353,8 @@ def test_job_fields_exact() -> None:
             "gpus": 8,
             "runner": "gpu-8",
             "shard": "1/2",
-            "pytest_args": "--autodeploy-registry -m world_size_4 --autodeploy-shard 1/2",
-            "pytest_argv": ["--autodeploy-registry", "-m", "world_size_4", "--autodeploy-shard", "1/2"],
+            "pytest_args": "--autodeploy-registry -m world_size_4 --autodeploy-shard=1/2",
+            "pytest_argv": ["--autodeploy-registry", "-m", "world_size_4", "--autodeploy-shard=1/2"],
             "estimated_minutes": 30.0,
             "models": 2,
         },
@@ -364,8 +364,8 @@ def test_job_fields_exact() -> None:
             "gpus": 8,
             "runner": "gpu-8",
             "shard": "2/2",
-            "pytest_args": "--autodeploy-registry -m world_size_4 --autodeploy-shard 2/2",
-            "pytest_argv": ["--autodeploy-registry", "-m", "world_size_4", "--autodeploy-shard", "2/2"],
+            "pytest_args": "--autodeploy-registry -m world_size_4 --autodeploy-shard=2/2",
+            "pytest_argv": ["--autodeploy-registry", "-m", "world_size_4", "--autodeploy-shard=2/2"],
             "estimated_minutes": 30.0,
             "models": 1,
         },
@@ -419,7 +419,7 @@ def test_jobs_ordered_by_world_size_then_shard() -> None:
 def test_registry_path_is_quoted() -> None:
     jobs = build_matrix([make_model("org/a", 1)], {}, 8, 60, registry_arg="my registry/models.yaml")["include"]
 
-    assert jobs[0]["pytest_args"] == "'--autodeploy-registry=my registry/models.yaml' -m world_size_1 --autodeploy-shard 1/1"
+    assert jobs[0]["pytest_args"] == "'--autodeploy-registry=my registry/models.yaml' -m world_size_1 --autodeploy-shard=1/1"
     assert shlex.split(jobs[0]["pytest_args"]) == jobs[0]["pytest_argv"]
 
 
@@ -708,8 +708,7 @@ def test_sbatch_runs_task_shard(tmp_path: Path) -> None:
         "-m",
         "pytest",
         "--autodeploy-registry=my registry",
-        "--autodeploy-shard",
-        "3/4",
+        "--autodeploy-shard=3/4",
         "-n",
         "auto",
         f"--autodeploy-command={DEFAULT_SBATCH_COMMAND}",

@@ -788,7 +788,7 @@ def test_doc_gitlab_shards_from_node_index() -> None:
     gitlab = next(yaml.safe_load(block) for block in code_blocks("yaml") if "stages" in yaml.safe_load(block))
     script = " ".join(gitlab[".autodeploy-shard"]["script"])
 
-    assert '--autodeploy-shard "${CI_NODE_INDEX:-1}/${CI_NODE_TOTAL:-1}"' in script
+    assert '--autodeploy-shard="${CI_NODE_INDEX:-1}/${CI_NODE_TOTAL:-1}"' in script
     assert [gitlab[f"autodeploy-ws{size}"]["variables"]["WORLD_SIZE"] for size in (1, 2, 4, 8)] == ["1", "2", "4", "8"]
 
 

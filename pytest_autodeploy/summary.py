@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-OUTCOMES = ("passed", "failed", "skipped", "xfailed", "xpassed")
+OUTCOMES = ("passed", "failed", "error", "skipped", "xfailed", "xpassed")
 # A user property that marks a model skipped or failed because the node has too few GPUs.
 TOO_FEW_GPUS = "autodeploy_too_few_gpus"
 
@@ -54,10 +54,15 @@ class ResultTable:
         if report.when == "teardown" and outcome != "failed":
             return
 
+        # A failure outside the test itself (a fixture, a teardown) is an
+        # error, as pytest's own summary counts it.
+        if outcome == "failed" and report.when in ("setup", "teardown"):
+            outcome = "error"
+
         reason = ""
         if report.skipped and isinstance(report.longrepr, tuple):
             reason = str(report.longrepr[2]).removeprefix("Skipped: ")
-        elif outcome == "failed":
+        elif outcome in ("failed", "error"):
             reason = report.longreprtext.strip().splitlines()[0] if report.longreprtext.strip() else ""
         self.results[report.nodeid] = ModelResult(
             nodeid=report.nodeid,

@@ -858,7 +858,7 @@ def mixed_result(pytester: pytest.Pytester, fake_command: tuple[str, Path]) -> p
 
 def test_summary_counts(mixed_result: pytest.RunResult) -> None:
     mixed_result.assert_outcomes(passed=3, failed=1, skipped=2, xfailed=1, xpassed=1)
-    zero = dict.fromkeys(("models", "passed", "failed", "skipped", "xfailed", "xpassed"), 0)
+    zero = dict.fromkeys(("models", "passed", "failed", "error", "skipped", "xfailed", "xpassed"), 0)
 
     rows = summary_rows(mixed_result)
 

@@ -240,4 +240,24 @@ def test_fixture_tests_follow_entry_outcomes(pytester: pytest.Pytester, registry
 
     result.assert_outcomes(passed=2, skipped=1, xfailed=1)
     # The skipped model still counts in the summary table: 2 models of world size 2.
-    result.stdout.fnmatch_lines(["*2       2        1        0        1        0        0"])
+    result.stdout.fnmatch_lines(["*2       2        1        0        0        1        0        0"])
+
+
+def test_summary_counts_setup_errors(pytester: pytest.Pytester, registry: Path) -> None:
+    pytester.makepyfile(
+        test_user="""
+        import pytest
+
+        @pytest.fixture
+        def broken():
+            raise RuntimeError("fixture failed")
+
+        def test_model(autodeploy_model, broken):
+            pass
+        """
+    )
+
+    result = pytester.runpytest(f"--autodeploy-registry={registry}", "test_user.py")
+
+    result.assert_outcomes(errors=4)
+    result.stdout.fnmatch_lines(["*total       4        0        0        4        0        0        0"])

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -69,6 +70,25 @@ def statuses(root: Path) -> dict[str, str]:
     return {record["model"]: record["status"] for record in document["records"]}
 
 
+def interrupt_during_slow_model(root: Path, argv: list[str], send: Callable[[int], None]) -> subprocess.Popen:
+    """Start pytest in its own session, call ``send(pid)`` while org/slow runs, and wait for the exit."""
+    process = subprocess.Popen(argv, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (root / "markers" / "org_slow").exists():
+            assert time.monotonic() < deadline, "org/slow never started"
+            time.sleep(0.05)
+        time.sleep(0.3)
+
+        send(process.pid)
+        process.wait(timeout=60)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    return process
+
+
 def test_report_after_killed_worker(tmp_path: Path) -> None:
     argv = make_project(tmp_path, ["org/a", "org/crash", "org/b", "org/c"])
 
@@ -90,21 +110,8 @@ def test_report_after_killed_worker(tmp_path: Path) -> None:
 
 def test_report_after_ctrl_c(tmp_path: Path) -> None:
     argv = make_project(tmp_path, ["org/a", "org/b", "org/slow", "org/never"])
-    process = subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 60
-        while not (tmp_path / "markers" / "org_slow").exists():
-            assert time.monotonic() < deadline, "org/slow never started"
-            time.sleep(0.05)
-        time.sleep(0.3)
-
-        # Ctrl-C reaches the terminal's foreground process group.
-        os.killpg(process.pid, signal.SIGINT)
-        process.wait(timeout=60)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+    # Ctrl-C reaches the terminal's foreground process group.
+    process = interrupt_during_slow_model(tmp_path, argv, lambda pid: os.killpg(pid, signal.SIGINT))
 
     document = json.loads((tmp_path / "report.json").read_text())
     assert process.returncode == pytest.ExitCode.INTERRUPTED
@@ -116,22 +123,7 @@ def test_report_after_ctrl_c(tmp_path: Path) -> None:
 def test_sigterm_to_main_process_stops_commands(tmp_path: Path) -> None:
     # CI systems cancel a job with SIGTERM to the main process only.
     argv = make_project(tmp_path, ["org/slow", "org/a", "org/b"])
-    process = subprocess.Popen(
-        [*argv, "-n", "2"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while not (tmp_path / "markers" / "org_slow").exists():
-            assert time.monotonic() < deadline, "org/slow never started"
-            time.sleep(0.05)
-        time.sleep(0.3)
-
-        os.kill(process.pid, signal.SIGTERM)
-        process.wait(timeout=60)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+    interrupt_during_slow_model(tmp_path, [*argv, "-n", "2"], lambda pid: os.kill(pid, signal.SIGTERM))
 
     # Checked at once: pytest must not exit while a model command still runs.
     command_pid = int((tmp_path / "markers" / "org_slow").read_text())

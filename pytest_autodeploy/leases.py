@@ -275,7 +275,7 @@ class LeaseManager:
                     raise LeaseTimeout(self._timeout_message(count, owner, timeout, decision))
                 waited = time.monotonic() - start
                 if waited >= next_report:
-                    # A silent wait looks like a hang; say who holds the GPUs.
+                    # A silent wait looks like a hang, so log who has the GPUs.
                     logger.warning(
                         "%s has waited %.0f s for %d GPUs: %s",
                         owner,

@@ -401,7 +401,7 @@ class DurationRecorder:
     """Records the call duration of every model test and saves the durations file.
 
     Registered only in the controller (or the single process without xdist),
-    which sees the reports of every worker.
+    which receives the reports of every worker.
     """
 
     def __init__(self, state: SessionState) -> None:

@@ -34,8 +34,8 @@ _MISSING_KEY_FIXES = {
 # xfail and skip are this project's extension of the v2.0 format.
 ENTRY_KEYS = ("name", "yaml_extra", "config_id", "xfail", "skip")
 
-# Characters that pytest's -k and -m expressions accept inside one identifier;
-# a name with anything else (a space, a quote, a control character) could not
+# Characters that pytest's -k and -m expressions accept inside one identifier.
+# A name with anything else (a space, a quote, a control character) could not
 # be selected with -k, so the loader rejects it.
 # Use fullmatch with these: a "$" anchor would also accept a trailing newline.
 _SELECTABLE_NAME = re.compile(r"[\w.+\-/:]+")
@@ -44,7 +44,7 @@ _CONFIG_ID = re.compile(r"[\w.+\-]+")
 # within the 255-byte name limit of common file systems.
 MAX_NAME_LENGTH = 200
 # All merged configs together. A registry of 10,000 entries over 50 distinct
-# config lists holds a few thousand values, so this only stops runaway input.
+# config lists contains a few thousand values, so this only stops runaway input.
 MAX_MERGED_VALUES = 2_000_000
 
 

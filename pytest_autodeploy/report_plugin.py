@@ -81,7 +81,7 @@ def _option_path(config: pytest.Config, dest: str) -> tuple[Path | None, str]:
 def register_report_plugin(config: pytest.Config, registry_path: str | None) -> ReportPlugin | None:
     """Validate the report options and register a ``ReportPlugin`` when one is set.
 
-    Registers nothing in an xdist worker, because only the controller sees the
+    Registers nothing in an xdist worker, because only the controller receives the
     reports of every worker, and nothing when the plugin is already registered.
     Raises pytest.UsageError for a report or Markdown path that is a folder and
     for a comparison file that is missing or not a report.

@@ -157,7 +157,7 @@ def run_model_command(
     """Run the command for one model on exactly ``gpus``; raise :class:`RunFailure` if it fails."""
     argv = template.render(model, config_path, gpus)
     env = dict(base_env)
-    # The child sees only its own GPUs, in the visible list's own form.
+    # The child gets only its own GPUs, written in the visible list's own form.
     env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
     env["AUTODEPLOY_MODEL"] = model.name
     env["AUTODEPLOY_CONFIG"] = str(config_path)

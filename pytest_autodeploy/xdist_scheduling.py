@@ -5,7 +5,7 @@ a worker starts an item only once it has received the next one (or a
 shutdown), because pytest needs ``nextitem`` for teardown. So each worker
 has at most two items: the one it runs and the next one, which it holds.
 Sending the held item's successor (or a shutdown) is what starts the held item, and the
-scheduler does that only when the backfill policy says the held item may
+scheduler does that only when the backfill policy allows the held item to
 start now. The GPU model here is a plan; the leases that workers take from
 the lock folder are what guarantee exclusive GPUs.
 """

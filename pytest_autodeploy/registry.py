@@ -102,6 +102,7 @@ class Registry:
     models: list[Model] = field(default_factory=list)
     diagnostics: list[Diagnostic] = field(default_factory=list)
     config_documents: dict[Path, YamlDocument] = field(default_factory=dict)
+    _config_files: list[Path] | None = field(default=None, repr=False)
     # The yaml_extra names of every entry read, valid or not; None when
     # models.yaml gave no list of entries (unreadable, invalid YAML, no models:).
     config_names: set[str] | None = None
@@ -129,6 +130,13 @@ class Registry:
         Files in folders that cannot be read are left out, because the list
         only serves suggestions and lints.
         """
+        # Suggestions for each missing file and the lints all read this list,
+        # so the folder is walked once per registry.
+        if self._config_files is None:
+            self._config_files = self._list_config_files()
+        return list(self._config_files)
+
+    def _list_config_files(self) -> list[Path]:
         try:
             if not self.configs_dir.is_dir():
                 return []
